@@ -190,7 +190,8 @@ class Engine:
             return self._load_standin(spec, revision, status, notice=(
                 f"**{spec.title}: stand-in.** The app was started with `--standin`: "
                 "this model has the real architecture, tokenizer kind and special tokens, "
-                "but tiny random weights, so its output is noise, not the real model's."))
+                "but tiny weights that only saw a page of test text: its output says "
+                "nothing about the real model."))
         local = s.local_dirs.get(spec.key)
         try:
             if local:
@@ -206,7 +207,7 @@ class Engine:
                 raise ModelUnavailable(f"{spec.title} could not be loaded: {reason}", fix) from exc
             return self._load_standin(spec, revision, status, notice=(
                 f"**{spec.title} could not be loaded, so this tab is serving its stand-in** "
-                f"(real architecture, random weights: the output is noise). "
+                f"(real architecture, tiny test weights: its output says nothing about the real model). "
                 f"Why: {reason} Fix: {fix}"))
 
     def _explain(self, spec: ModelSpec, local: str | None, exc: Exception) -> tuple[str, str]:
@@ -245,6 +246,7 @@ class Engine:
                          is_standin: bool = False, notice: str | None = None) -> Loaded:
         from transformers import AutoTokenizer
         t0 = time.perf_counter()
+        adapter = self._adapter_path(spec, where, is_standin)   # a missing setting fails first
         # A directory is taken as it is; a hub id gets the revision, and no
         # network round-trips when the hub is out of reach (cache only).
         hub = {} if Path(where).is_dir() else {
@@ -255,7 +257,6 @@ class Engine:
             where, **hub, **_placement_kwargs(self.device, self.dtype))
         if self.device.type != "cuda":
             model.to(self.device)
-        adapter = self._adapter_path(spec, where, is_standin)
         if adapter:
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -1,5 +1,7 @@
 """Stand-in models: the real classes, config fields, special tokens, ids and
-label maps of every registry entry, with random (briefly trained) weights.
+label maps of every registry entry, with random weights (the generative
+ones then trained for a few seconds on a page of our own text, so that their
+distributions are not flat).
 
 No machine of this project can download the real weights, so tests,
 benchmarks and offline demos run on these. Tiny shapes are the default; the
@@ -27,7 +29,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM,
 from .registry import CLASSIFY, LABEL_SCORE, SCORE, REGISTRY, ModelSpec
 
 CORPUS = Path(__file__).with_name("standin_corpus.txt")
-VERSION = "v1"  # bump when the stand-ins change, so caches rebuild
+VERSION = "v2"  # bump when the stand-ins change, so caches rebuild
 
 # Configs: the published fields of each shape; "tiny" overrides only sizes.
 _LLAMA_COMMON = dict(
@@ -96,7 +98,9 @@ def _train_bpe(specials: list[str], vocab_size: int, byte_level: bool) -> dict:
         pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
         alphabet = pre_tokenizers.ByteLevel.alphabet()
     else:            # SentencePiece style, with byte fallback like Llama's
-        pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        # Split on spaces while training, as SentencePiece does, so no merge
+        # spans two words; the tokenizer then runs Llama's split=False.
+        pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
         alphabet = []
         specials = specials + [f"<0x{b:02X}>" for b in range(256)]
     tok = Tokenizer(models.BPE(byte_fallback=not byte_level, unk_token=None if byte_level else "<unk>"))

@@ -1,0 +1,72 @@
+"""TeenyTinyLlama Playground: try, compare and present small Brazilian-
+Portuguese language models.
+
+    python app.py              # real models; a stand-in, with a banner, where one can't be had
+    python app.py --standin    # stand-ins only (offline demos, tests)
+
+Server address and port come from Gradio's own settings (GRADIO_SERVER_NAME,
+GRADIO_SERVER_PORT), as on Hugging Face Spaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import gradio as gr
+
+from inference.loading import DEVICES, DTYPES, Engine, Settings, parse_local_dirs
+from ui import benchmarks, chat, classification, generation
+from ui.theme import CSS, THEME
+
+TABS = [("Text generation", generation), ("Instruction chat", chat),
+        ("Classification", classification), ("Benchmarks", benchmarks)]
+
+STANDIN_BANNER = (
+    "🧪 **Serving stand-ins, not the real models.** Every model here has its real "
+    "architecture, tokenizer kind and special tokens but tiny weights that only saw a "
+    "page of test text: what they write says nothing about the real models. Start without `--standin` to serve the real models.")
+
+
+def build(engine: Engine) -> gr.Blocks:
+    with gr.Blocks(title="TeenyTinyLlama Playground") as demo:
+        gr.Markdown("# 🦙 TeenyTinyLlama Playground\nSmall Brazilian-Portuguese language "
+                    "models — TeenyTinyLlama, Aira-2 and a TinyLlama tweet-sentiment adapter — "
+                    "next to their published benchmarks.")
+        if engine.settings.standin:
+            gr.Markdown(STANDIN_BANNER, elem_id="standin-banner")
+        for title, module in TABS:
+            with gr.Tab(title):
+                module.build(engine)
+    # Several users at once; each model still runs one request at a time
+    # (the engine's per-model lock), so a small CPU is not oversubscribed.
+    demo.queue(default_concurrency_limit=4, max_size=64)
+    return demo
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--standin", action="store_true", default=None,
+                   help="serve stand-in models only (no download; env TTL_STANDIN=1)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="fail instead of falling back to a stand-in (env TTL_STRICT=1)")
+    p.add_argument("--device", choices=DEVICES, help="env TTL_DEVICE (default auto)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="env TTL_DTYPE (default auto)")
+    p.add_argument("--local", action="append", default=[], metavar="KEY=DIR",
+                   help="load a model from a local directory (repeatable; env TTL_LOCAL_DIRS)")
+    p.add_argument("--share", action="store_true", help="open a public Gradio share link")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    local = parse_local_dirs(",".join(args.local)) if args.local else None
+    settings = Settings.from_env(standin=args.standin, strict=args.strict, device=args.device,
+                                 dtype=args.dtype, local_dirs=local)
+    build(Engine(settings)).launch(theme=THEME, css=CSS, share=args.share,
+                                   max_file_size="5mb")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Fixtures: stand-in models (built once per machine, cached), an engine
+serving them, and the app running on a free local port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: the hub is off, stand-ins are on.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+STANDIN_DIR = Path(os.environ.setdefault(
+    "TTL_STANDIN_DIR", str(Path.home() / ".cache" / "ttl-playground" / "test-standins")))
+
+from inference.loading import Engine, Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    return Engine(Settings(standin=True, standin_dir=str(STANDIN_DIR)))
+
+
+@pytest.fixture(scope="session")
+def ttl(engine):
+    return engine.load("ttl-160m")
+
+
+@pytest.fixture(scope="session")
+def aira(engine):
+    return engine.load("aira-2-124m")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(engine):
+    """The whole app on stand-ins, served in this process."""
+    import app
+    demo = app.build(engine)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                theme=app.THEME, css=app.CSS, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    from gradio_client import Client
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (no browser download)."""
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("browser tests need /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    """A fresh page on the app; fails the test on any page or console error."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    pg.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
+    pg.goto(app_url)
+    pg.wait_for_selector("button:has-text('Generate')", timeout=30_000)
+    yield pg
+    ctx.close()
+    assert not errors, "\n".join(errors)

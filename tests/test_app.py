@@ -1,0 +1,34 @@
+"""The app answers through gradio_client as an API user would drive it."""
+
+import pytest
+from gradio_client.exceptions import AppError
+
+
+def test_named_endpoints(client):
+    names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate", "/chat", "/classify"} <= set(names)
+
+
+def test_generate_endpoint_returns_text_and_figures(client):
+    text, figures, _ = client.predict("A lhama é", api_name="/generate")
+    assert text.strip() and "prompt tokens" in figures
+
+
+def test_chat_endpoint_answers(client):
+    history, _ = client.predict("O que é uma lhama?", api_name="/chat")
+    assert history[-1]["role"] == "assistant"
+
+
+def test_classify_endpoint_returns_label_probabilities(client):
+    result, _ = client.predict("Que filme bom!", "ttl-160m-imdb", "", api_name="/classify")
+    assert result["label"] in ("NEGATIVE", "POSITIVE")
+    assert abs(sum(c["confidence"] for c in result["confidences"]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("args", [("   ",), ("x", "ttl-160m", "main", -1.0),
+                                  ("x", "no-such-model")])
+def test_bad_input_gets_a_message_and_the_next_request_works(client, args):
+    with pytest.raises(AppError):
+        client.predict(*args, api_name="/generate")
+    text, _, _ = client.predict("A lhama", api_name="/generate")
+    assert text

@@ -1,0 +1,92 @@
+"""Streaming generation: text arrives in pieces, seeds reproduce, the end
+token stops, and cancelling really stops the worker thread."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from inference import formats, generation
+from inference.generation import Sampling
+
+
+def prompt(m, text="A lhama é um animal"):
+    return formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
+
+
+def test_text_streams_in_several_pieces(ttl):
+    pieces = list(generation.stream(ttl, prompt(ttl), Sampling(max_new_tokens=30, seed=1)))
+    assert len(pieces) > 3 and "".join(pieces).strip()
+
+
+def test_same_seed_same_text_different_seed_different_text(ttl):
+    s = Sampling(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=40, seed=7)
+    a = generation.complete(ttl, prompt(ttl), s)
+    b = generation.complete(ttl, prompt(ttl), s)
+    c = generation.complete(ttl, prompt(ttl), Sampling(**{**s.__dict__, "seed": 8}))
+    assert a == b and a != c
+
+
+def test_greedy_matches_the_argmax_of_the_logits(ttl):
+    ids = prompt(ttl)
+    text = generation.complete(ttl, ids, Sampling(do_sample=False, repetition_penalty=1.0,
+                                                  max_new_tokens=5))
+    with torch.no_grad():
+        first = int(ttl.model(torch.tensor([ids])).logits[0, -1].argmax())
+    assert text.startswith(ttl.tokenizer.decode([first]).strip()[:3])
+
+
+def test_generation_stops_at_the_models_end_token(aira):
+    """Force <|endofcompletion|> as the first token: nothing is generated."""
+    class ForceEnd(torch.nn.Module):
+        pass
+    eos = aira.tokenizer.eos_token_id
+    s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=50)
+    kwargs = generation.generate_kwargs(aira, [50257, 100, 50259], s, threading.Event())
+    bias = torch.full((aira.model.config.vocab_size,), -1e4)
+    bias[eos] = 1e4
+    kwargs["logits_processor"].append(lambda ids, scores: scores + bias)
+    with torch.no_grad():
+        out = aira.model.generate(**kwargs)
+    assert out.shape[1] == 4 and int(out[0, -1]) == eos
+
+
+def test_closing_the_stream_stops_the_worker_at_once(ttl):
+    it = generation.stream(ttl, prompt(ttl), Sampling(max_new_tokens=1000, seed=1))
+    next(it)
+    t0 = time.perf_counter()
+    it.close()
+    assert time.perf_counter() - t0 < 0.5
+    assert not [t for t in threading.enumerate() if t.name.startswith("generate-")]
+
+
+def test_cancel_event_ends_generation_early(ttl):
+    cancel = threading.Event()
+    out = []
+    for piece in generation.stream(ttl, prompt(ttl), Sampling(max_new_tokens=1000, seed=1), cancel):
+        out.append(piece)
+        if len(out) == 3:
+            cancel.set()
+    assert len(out) < 20
+
+
+def test_worker_errors_reach_the_caller(ttl):
+    with pytest.raises(Exception):
+        list(generation.stream(ttl, [10**9], Sampling(max_new_tokens=3)))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(temperature=-1), "temperature"), (dict(top_p=1.5), "top_p"),
+    (dict(max_new_tokens=10**9), "max_new_tokens"), (dict(top_k=2.5), "whole number"),
+    (dict(temperature=float("nan")), "number"), (dict(seed=-3), "seed")])
+def test_out_of_range_settings_get_a_clear_message(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Sampling(**bad).checked()
+
+
+def test_over_long_prompt_is_cut_from_the_left_keeping_bos():
+    ids = [1] + list(range(100, 3000))
+    cut, dropped = generation.fit_context(ids, 2048, 150, keep_first=1)
+    assert len(cut) == 2048 - 150 and cut[0] == 1 and cut[-1] == ids[-1]
+    assert dropped == len(ids) - len(cut)
