@@ -29,7 +29,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM,
 from .registry import CLASSIFY, LABEL_SCORE, SCORE, REGISTRY, ModelSpec
 
 CORPUS = Path(__file__).with_name("standin_corpus.txt")
-VERSION = "v2"  # bump when the stand-ins change, so caches rebuild
+VERSION = "v3"  # bump when the stand-ins change, so caches rebuild
 
 # Configs: the published fields of each shape; "tiny" overrides only sizes.
 _LLAMA_COMMON = dict(
@@ -169,15 +169,27 @@ def _config(spec: ModelSpec, full_size: bool):
     return AutoConfig.for_model(model_type, **fields)
 
 
-def _train_briefly(model, tok, steps: int, seed: int) -> None:
+def _training_text(spec: ModelSpec, tok) -> list[int]:
+    """The corpus as the model would see it: plain text, or for Aira each
+    line answered by the next in its instruction format."""
+    lines = _corpus_lines()
+    if spec.prompt_format != "aira":
+        return tok("\n".join(lines), add_special_tokens=False)["input_ids"]
+    turns = "".join(tok.bos_token + q + tok.sep_token + a + tok.eos_token
+                    for q, a in zip(lines, lines[1:]))
+    return tok(turns, add_special_tokens=False)["input_ids"]
+
+
+def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
     """A few steps on the corpus so that output distributions are not flat
     and sampled text is made of real tokens."""
     g = torch.Generator().manual_seed(seed)
-    ids = tok("\n".join(_corpus_lines()), add_special_tokens=False)["input_ids"]
-    data = torch.tensor(ids)
+    data = torch.tensor(_training_text(spec, tok))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    block, batch = 48, 8
+    # Long windows: GPT-2 learns its position embeddings, and answers run
+    # for a couple of hundred tokens.
+    block, batch = 192, 4
     for _ in range(steps):
         starts = torch.randint(0, len(data) - block - 1, (batch,), generator=g)
         x = torch.stack([data[s:s + block] for s in starts])
@@ -201,9 +213,9 @@ def build(spec: ModelSpec, out: Path, full_size: bool = False, train_steps: int 
         model = AutoModelForSequenceClassification.from_config(config)
     else:
         model = AutoModelForCausalLM.from_config(config)
-        steps = train_steps if train_steps is not None else (0 if full_size else 80)
+        steps = train_steps if train_steps is not None else (0 if full_size else 120)
         if steps:
-            _train_briefly(model, tok, steps, seed)
+            _train_briefly(model, tok, spec, steps, seed)
     if spec.task != CLASSIFY and spec.task != SCORE:
         model.generation_config = GenerationConfig(
             bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,

@@ -1,0 +1,83 @@
+"""Screenshots of every tab, light and dark, for README and talks.
+
+    python scripts/screenshots.py [--out docs/screenshots]
+
+Starts the app on stand-ins on a free loopback port, uses each tab once as a
+person would, and saves PNGs. Needs Debian's Chromium at /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+# tab title -> (file stem, button to press, selector that shows it worked)
+TABS = {
+    "Text generation": ("generation", "Generate", "#gen-output textarea"),
+    "Instruction chat": ("chat", None, None),
+    "Classification": ("classification", "Classify", None),
+    "Benchmarks": ("benchmarks", None, ".js-plotly-plot"),
+}
+
+
+def use_tab(page, title: str) -> None:
+    stem, button, ready = TABS[title]
+    page.get_by_role("tab", name=title).click()
+    page.wait_for_timeout(500)
+    if title == "Instruction chat":
+        box = page.get_by_placeholder("Pergunte algo em português…")
+        box.fill("Você pode me explicar o que é Aprendizagem de Máquina?")
+        box.press("Enter")
+        page.wait_for_selector(".message-row.bot-row, [data-testid='bot']", timeout=60_000)
+        page.wait_for_timeout(3000)
+    elif button:
+        page.get_by_role("button", name=button, exact=True).first.click()
+        page.wait_for_timeout(4000)
+    if ready:
+        page.wait_for_selector(ready, timeout=60_000)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    import app
+    from inference.loading import Engine, Settings
+    from playwright.sync_api import sync_playwright
+    from tests.conftest import free_port
+
+    demo = app.build(Engine(Settings(standin=True)))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                theme=app.THEME, css=app.CSS, quiet=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            for theme in ("light", "dark"):
+                page = browser.new_page(viewport={"width": 1360, "height": 1000})
+                page.goto(f"http://127.0.0.1:{port}/?__theme={theme}")
+                page.wait_for_selector("button:has-text('Generate')", timeout=60_000)
+                for title, (stem, _, _) in TABS.items():
+                    use_tab(page, title)
+                    path = args.out / f"{stem}-{theme}.png"
+                    page.screenshot(path=str(path), full_page=True)
+                    print(path)
+                page.close()
+            browser.close()
+    finally:
+        demo.close()
+
+
+if __name__ == "__main__":
+    main()
