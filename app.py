@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     settings = Settings.from_env(standin=args.standin, strict=args.strict, device=args.device,
                                  dtype=args.dtype, local_dirs=local)
     build(Engine(settings)).launch(theme=THEME, css=CSS, share=args.share,
-                                   max_file_size="5mb")
+                                   max_file_size="5mb", show_error=True)
 
 
 if __name__ == "__main__":
