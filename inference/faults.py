@@ -4,6 +4,8 @@ request that asked for too much fails alone and the next one runs."""
 from __future__ import annotations
 
 import gc
+import math
+from pathlib import Path
 
 import torch
 
@@ -23,3 +25,26 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def check_directory(model_class, path: str) -> None:
+    """Refuse a local model directory whose weights do not fill the model its
+    config.json describes. transformers would initialise the missing weights
+    at random: a config.json missing its sizes means a 7B-parameter Llama,
+    and the process is killed for memory instead of showing a message."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return   # other formats: left to from_pretrained
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in model_class(config).parameters())
+    stored = 0
+    for f in files:
+        with safe_open(str(f), "pt") as weights:
+            stored += sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+    if stored < 0.9 * expected:   # tied embeddings are stored once; 10 % spare
+        raise ValueError(f"its config.json describes {expected:,} parameters but its weights "
+                         f"hold {stored:,}")
