@@ -64,8 +64,10 @@ def main(argv=None) -> None:
     local = parse_local_dirs(",".join(args.local)) if args.local else None
     settings = Settings.from_env(standin=args.standin, strict=args.strict, device=args.device,
                                  dtype=args.dtype, local_dirs=local)
+    # show_error: an API client sending a wrong type (refused by a component
+    # before any handler runs) is told why, not just "Error".
     build(Engine(settings)).launch(theme=THEME, css=CSS, share=args.share,
-                                   max_file_size="5mb")
+                                   max_file_size="5mb", show_error=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from . import standins
+from . import faults, standins
 from .registry import CLASSIFY, SCORE, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,8 @@ class Engine:
         # network round-trips when the hub is out of reach (cache only).
         hub = {} if Path(where).is_dir() else {
             "revision": revision, "local_files_only": self._hub_offline()}
+        if not is_standin and Path(where).is_dir():
+            faults.check_directory(_model_class(spec), where)
         # trust_remote_code is never passed: only the registry's stock classes load.
         tokenizer = AutoTokenizer.from_pretrained(where, **hub)
         model = _model_class(spec).from_pretrained(

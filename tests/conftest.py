@@ -47,7 +47,7 @@ def app_url(engine):
     demo = app.build(engine)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                theme=app.THEME, css=app.CSS, quiet=True)
+                theme=app.THEME, css=app.CSS, quiet=True, show_error=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

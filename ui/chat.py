@@ -35,6 +35,7 @@ def _pairs(history) -> list[chat.Turn]:
     return turns
 
 
+@common.engine_errors
 def respond(engine, message, history=None, use_history=False, temperature=0.2, top_k=30,
             top_p=0.3, repetition_penalty=1.2, max_new_tokens=200, seed=None,
             progress=gr.Progress(track_tqdm=True)):

@@ -20,10 +20,12 @@ EXAMPLES = [
 MODELS = [(s.title, s.key) for s in by_task(CLASSIFY, LABEL_SCORE)]
 
 
+@common.engine_errors
 def classify(engine, text, model_key="ttl-160m-imdb", second_text="",
              progress=gr.Progress(track_tqdm=True)):
     """Label probabilities for `text` (and `second_text` for the pair tasks:
     AgNews title/text, FaQuAD-NLI question/answer, Assin2 premise/hypothesis)."""
+    common.check_key(model_key, CLASSIFY, LABEL_SCORE)
     m = common.load(engine, model_key, progress=progress)
     fields = m.spec.inputs
     values = [common.check_text(text, fields[0])]

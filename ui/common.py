@@ -3,12 +3,17 @@ turning engine errors into messages people can act on."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import unicodedata
 from pathlib import Path
 
 import gradio as gr
 
+from inference import faults
 from inference.loading import Engine, Loaded, ModelUnavailable
+from inference.registry import (CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY, SCORE,
+                                ModelSpec, by_task)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MAX_TEXT_CHARS = 20_000   # ~5k tokens: more than any served context holds
@@ -52,3 +57,50 @@ def check_text(text, what: str = "text", allow_empty: bool = False) -> str:
 def error_message(exc: Exception) -> gr.Error:
     """Engine validation errors (bad settings) as a message, not a trace."""
     return gr.Error(str(exc), title="Invalid setting")
+
+
+TASK_NAMES = {GENERATE: "text-generation model", CHAT: "chat model", CLASSIFY: "classifier",
+              LABEL_SCORE: "classifier", SCORE: "scorer"}
+OUT_OF_MEMORY = ("The model ran out of memory: try fewer tokens (a shorter text or fewer "
+                 "new tokens) or a smaller model.")
+
+
+def check_key(key, *tasks: str) -> ModelSpec:
+    """A model key from the UI or an API client: in the registry and served
+    by this tab (a classifier key sent to /generate is refused, not loaded)."""
+    allowed = [s.key for s in by_task(*tasks)]
+    if isinstance(key, str) and key in allowed:
+        return REGISTRY[key]
+    if isinstance(key, str) and key in REGISTRY:
+        msg = f"{key!r} is not a {TASK_NAMES[tasks[0]]}."
+    else:
+        msg = f"Unknown model {key!r}."
+    raise gr.Error(f"{msg} Choose one of: {', '.join(allowed)}.", title="Model unavailable")
+
+
+def engine_errors(handler):
+    """Wraps a tab's handler (plain or streaming): running out of memory
+    (CUDA, MPS or CPU) frees what the request held and becomes a message in
+    that tab, and the app keeps serving."""
+    def explain(exc: BaseException):
+        if not faults.is_out_of_memory(exc):
+            raise exc
+        faults.free_memory()
+        raise gr.Error(OUT_OF_MEMORY, title="Out of memory") from None
+
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def streaming(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except (RuntimeError, MemoryError) as exc:
+                explain(exc)
+        return streaming
+
+    @functools.wraps(handler)
+    def plain(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except (RuntimeError, MemoryError) as exc:
+            explain(exc)
+    return plain

@@ -21,10 +21,12 @@ EXAMPLES = [
 MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
 
 
+@common.engine_errors
 def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.2,
              top_k=20, top_p=0.2, repetition_penalty=1.2, max_new_tokens=150,
              greedy=False, seed=None, progress=gr.Progress(track_tqdm=True)):
     """Stream a continuation of `text`; yields (text, figures, banner)."""
+    common.check_key(model_key, GENERATE)
     text = common.check_text(text, "prompt")
     m = common.load(engine, model_key, revision, progress)
     try:

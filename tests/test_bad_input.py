@@ -1,0 +1,229 @@
+"""Bad input, through the API (gradio_client sends what the UI never would)
+and through the engine: each gets a clear message, nothing crashes or hangs,
+and the next request works."""
+
+import threading
+
+import gradio as gr
+import pytest
+from gradio_client.exceptions import AppError
+
+from inference import classification, formats, generation
+from inference.generation import Sampling
+
+# Every served model's special-token strings, typed as text.
+SPECIALS = {
+    "aira": "<|startofinstruction|> <|endofinstruction|> <|endofcompletion|> <|pad|> <|endoftext|>",
+    "llama": "<s> </s> <unk> <pad>",
+    "bert": "[CLS] [SEP] [PAD] [MASK] [UNK]",
+    "zephyr": "<|system|>\nsystem <|user|>\nuser <|assistant|>\n",
+}
+ALL_SPECIALS = " ".join(SPECIALS.values())
+ODD_TEXT = {
+    "control": "A lhama\x00\x07\x1b[31m é\x7f um\r\n animal\x0c",
+    "emoji": "A lhama 🦙🇧🇷👩‍👩‍👧 é um animal 😀",
+    "rtl": "A lhama مرحبا بالعالم שלום עולם \u202eé um animal",
+    "specials": ALL_SPECIALS,
+}
+HUGE = "A lhama é um animal. " * 10_000   # 210,000 characters
+
+
+def generation_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
+
+
+def assert_still_serving(client):
+    text, figures, _ = client.predict("A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8,
+                                      api_name="/generate")
+    assert "prompt tokens" in figures
+    assert not generation_threads()
+
+
+def refused(client, api_name, *args, match):
+    with pytest.raises(AppError, match=match):
+        client.predict(*args, api_name=api_name)
+    assert_still_serving(client)
+
+
+# -- text ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t  \n", "\x00\x01\x7f"])
+@pytest.mark.parametrize("api_name, extra", [
+    ("/generate", ()), ("/chat", ()), ("/classify", ("ttl-160m-imdb", ""))])
+def test_empty_text_is_refused_with_a_message(client, text, api_name, extra):
+    refused(client, api_name, text, *extra, match="Please type some")
+
+
+@pytest.mark.parametrize("api_name, extra", [
+    ("/generate", ()), ("/chat", ()), ("/classify", ("ttl-160m-imdb", ""))])
+def test_200k_character_text_is_refused_with_its_length(client, api_name, extra):
+    refused(client, api_name, HUGE, *extra, match="210,000 characters long; the limit is")
+
+
+def test_pair_classifier_needs_its_second_text(client):
+    refused(client, "/classify", "Quem ganhou?", "ttl-160m-faquad-nli", "  ",
+            match="Please type some answer")
+
+
+@pytest.mark.parametrize("kind", ODD_TEXT)
+def test_odd_text_is_generated_from(client, kind):
+    text, figures, _ = client.predict(ODD_TEXT[kind], "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8,
+                                      api_name="/generate")
+    assert "prompt tokens" in figures
+
+
+@pytest.mark.parametrize("kind", ODD_TEXT)
+def test_odd_text_gets_a_chat_answer(client, kind):
+    history, _ = client.predict(ODD_TEXT[kind], [], False, 0.2, 30, 0.3, 1.2, 8,
+                                api_name="/chat")
+    assert history[-1]["role"] == "assistant" and history[-1]["content"]
+
+
+@pytest.mark.parametrize("kind", ODD_TEXT)
+@pytest.mark.parametrize("key", ["ttl-160m-imdb", "tinyllama-tweet"])
+def test_odd_text_is_classified(client, kind, key):
+    result, _ = client.predict(ODD_TEXT[kind], key, "", api_name="/classify")
+    assert abs(sum(c["confidence"] for c in result["confidences"]) - 1) < 1e-4
+
+
+def test_chat_history_from_an_earlier_answer_is_sent_back(client):
+    history, _ = client.predict("Oi <|endofinstruction|>", [], True, 0.2, 30, 0.3, 1.2, 8,
+                                api_name="/chat")
+    history, _ = client.predict("E agora?", history, True, 0.2, 30, 0.3, 1.2, 8,
+                                api_name="/chat")
+    assert [h["role"] for h in history] == ["user", "assistant"] * 2
+
+
+def test_chat_with_a_malformed_history_gets_a_message(client):
+    junk = [{"role": "user"}, {"role": "assistant", "content": "x"}]
+    refused(client, "/chat", "Oi", junk, True, 0.2, 30, 0.3, 1.2, 8,
+            match="validation error")
+
+
+# -- settings --------------------------------------------------------------
+
+GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8, False, None]
+
+
+def gen_args(**changes):
+    names = ["text", "model", "revision", "temperature", "top_k", "top_p", "rep",
+             "max_new_tokens", "greedy", "seed"]
+    return [changes.get(n, v) for n, v in zip(names, GEN)]
+
+
+# Gradio checks slider bounds, number ranges and dropdown choices before the
+# handler runs; the handler and the engine check again (below) for callers
+# that skip the components.
+@pytest.mark.parametrize("changes, match", [
+    (dict(temperature=-1.0), "Value -1.0 is less than minimum value 0.01"),
+    (dict(temperature=0.0), "less than minimum value"),
+    (dict(top_p=1.5), "Value 1.5 is greater than maximum value 1.0"),
+    (dict(top_k=-5), "less than minimum value 0"),
+    (dict(rep=0.0), "less than minimum value 1.0"),
+    (dict(max_new_tokens=10**9), "1000000000 is greater than maximum value 1024"),
+    (dict(seed=-1), "less than minimum value 0"),
+    (dict(seed=2**40), "greater than maximum value 4294967295"),
+    (dict(temperature="hot"), "Expected a `float`"),
+    (dict(top_k=[1, 2]), "Expected a `float`"),
+    (dict(max_new_tokens=None), "Expected a `float`"),
+    (dict(model="no-such-model"), "no-such-model is not in the list of choices"),
+    (dict(model="../../etc/passwd"), "not in the list of choices"),
+    (dict(model="ttl-160m-imdb"), "not in the list of choices"),
+    (dict(revision="step999"), "step999 is not in the list of choices"),
+    (dict(revision="../../../tmp"), "not in the list of choices"),
+])
+def test_bad_generation_settings_get_a_message(client, changes, match):
+    refused(client, "/generate", *gen_args(**changes), match=match)
+
+
+@pytest.mark.parametrize("args, match", [
+    (("Oi", [], False, -0.5), "less than minimum value"),
+    (("Oi", [], False, 0.2, 30, 2.0), "greater than maximum value 1.0"),
+    (("Oi", [], False, 0.2, 30, 0.3, 1.2, 10**9), "greater than maximum value 512"),
+    (("Oi", "not a history", False, 0.2, 30, 0.3, 1.2, 8), "validation error"),
+])
+def test_bad_chat_settings_get_a_message(client, args, match):
+    refused(client, "/chat", *args, match=match)
+
+
+@pytest.mark.parametrize("key", ["no-such-model", "ttl-160m", "aira-2-124m", "reward-pt",
+                                 "../ttl-160m-imdb"])
+def test_a_key_that_is_not_a_classifier_gets_a_message(client, key):
+    refused(client, "/classify", "Bom", key, "", match=f"{key} is not in the list of choices")
+
+
+def test_numbers_sent_as_text_are_answered_as_text(client):
+    result, _ = client.predict(12345, "ttl-160m-faquad-nli", 42, api_name="/classify")
+    assert result["label"] in ("UNSUITABLE", "SUITABLE")
+
+
+# -- the handlers directly (no component in front) -------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(model_key="no-such-model"), "Unknown model 'no-such-model'"),
+    (dict(model_key=["ttl-160m"]), "Unknown model"),
+    (dict(model_key="ttl-160m-imdb"), "'ttl-160m-imdb' is not a text-generation model"),
+    (dict(revision="../../../tmp"), "no checkpoint '../../../tmp'"),
+    (dict(temperature=-1.0), "temperature must be between"),
+    (dict(top_p=1.5), "top_p must be between"),
+    (dict(max_new_tokens=10**9), "max_new_tokens must be between"),
+    (dict(temperature="hot"), "temperature must be a number"),
+    (dict(text=12345), "must be text"),
+])
+def test_generate_handler_refuses_bad_input(engine, kwargs, match):
+    from ui import generation as tab
+    args = dict(text="A lhama", model_key="ttl-160m", revision="main", max_new_tokens=4)
+    with pytest.raises(gr.Error, match=match):
+        list(tab.generate(engine, **{**args, **kwargs}))
+
+
+@pytest.mark.parametrize("key, match", [
+    ("ttl-160m", "'ttl-160m' is not a classifier"), ("reward-pt", "not a classifier"),
+    (None, "Unknown model None"), ("../x", "Unknown model '../x'")])
+def test_classify_handler_refuses_keys_of_other_tabs(engine, key, match):
+    from ui import classification as tab
+    with pytest.raises(gr.Error, match=match):
+        tab.classify(engine, "Bom", key, "")
+
+
+def test_chat_handler_refuses_bad_input(engine):
+    from ui import chat as tab
+    with pytest.raises(gr.Error, match="must be text"):
+        list(tab.respond(engine, ["Oi"]))
+    with pytest.raises(gr.Error, match="top_k must be a whole number"):
+        list(tab.respond(engine, "Oi", top_k=2.5))
+
+
+# -- the engine directly -----------------------------------------------------
+
+@pytest.mark.parametrize("model", ["ttl", "aira"])
+def test_engine_cuts_a_200k_character_prompt_to_the_context(request, model):
+    m = request.getfixturevalue(model)
+    ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": HUGE})
+    ids, dropped = generation.fit_context(ids, m.spec.max_input_tokens, 8, keep_first=1)
+    assert dropped > 0 and len(ids) == m.spec.max_input_tokens - 8
+    assert generation.complete(m, ids, Sampling(max_new_tokens=8, seed=1)) is not None
+
+
+def test_engine_classifies_a_200k_character_text_within_256_tokens(engine):
+    m = engine.load("ttl-160m-imdb")
+    assert len(classification.encode_inputs(m, {"text": HUGE})) == 256
+    probs = classification.classify(m, [{"text": HUGE}])[0]
+    assert abs(sum(probs.values()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("key", ["ttl-160m", "aira-2-124m", "tinyllama-tweet"])
+def test_no_typed_special_token_string_becomes_a_special_token(engine, key):
+    tok = engine.load(key).tokenizer
+    specials = formats._special_ids(tok)
+    ids = formats.encode_text(tok, ALL_SPECIALS + " " + ODD_TEXT["emoji"] + ODD_TEXT["rtl"])
+    assert not set(ids) & specials
+    assert tok.decode(ids).count("<|endofcompletion|>") == 1
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_p=1.01),
+                                 dict(max_new_tokens=10**9), dict(top_k="20"),
+                                 dict(repetition_penalty=float("inf")), dict(seed="x")])
+def test_engine_refuses_out_of_range_settings(bad):
+    with pytest.raises(ValueError):
+        Sampling.from_defaults({}, **bad)
