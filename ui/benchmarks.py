@@ -1,38 +1,332 @@
-"""Benchmarks tab: the published tables of the served models, as charts and
-as the exact tables."""
+"""Benchmarks tab: every published table of the served models, exact, next
+to charts for slides; and a measurement made here, kept apart.
+
+The tables live in assets/benchmarks/*.csv, described (source, metric
+directions, footnotes, highlighted models) by assets/benchmarks/tables.json.
+They are read as text so that every number shows exactly as published
+("90.00", "-", "None"); only the charts turn them into floats.
+"""
 
 from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
+from inference import measure
+
 from . import common
 
 TABLES = common.ASSETS / "benchmarks"
-OWN = ("TTL-160m", "TTL-460m")   # the project's own models, highlighted
+META = {t["name"]: t for t in json.loads((TABLES / "tables.json").read_text())["tables"]}
+COMPARISONS = [(t["title"], name) for name, t in META.items() if t["key"] == "model"]
+ALL = "All metrics (grouped)"
+ORDERS = ("As published", "Best first", "Worst first")
+SECOND_AXIS = ("Energy (kWh)", "Emissions (kg CO2eq)", "None")
+PPL_MODELS = [("TeenyTinyLlama-160m", "ttl-160m"), ("TeenyTinyLlama-460m", "ttl-460m")]
+OWN_COLOUR, OTHER_COLOUR = "#d9480f", "#adb5bd"
+LAYOUT = dict(template="plotly_white", height=440, margin=dict(l=60, r=30, t=60, b=60),
+              font=dict(size=14))
 
 
+# -- the tables ---------------------------------------------------------------
 def read(name: str) -> pd.DataFrame:
-    # Kept as text so that every number shows exactly as published ("90.00").
     return pd.read_csv(TABLES / f"{name}.csv", dtype=str, keep_default_na=False)
 
 
-def grouped_bars(df: pd.DataFrame, title: str) -> go.Figure:
+def metrics(name: str) -> list[str]:
+    return list(META[name]["directions"])
+
+
+def number(text: str) -> float:
+    """A published cell as a float for plotting; '-' and 'None' are gaps."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def as_published(name: str) -> pd.DataFrame:
+    """The table as the source prints it: Open LLM Leaderboard values get
+    their '*' back (the CSV keeps the mark in a column of its own)."""
+    t, df = META[name], read(name)
+    flag = t.get("flag_column")
+    if flag:
+        for i, marked in df.pop(flag).items():
+            for col in filter(None, marked.split(";")):
+                df.at[i, col] += t["flag_mark"]
+    return df
+
+
+def sort_key(name: str, metric: str) -> str:
+    """What 'all metrics' sorts on: the average where the table has one."""
+    if metric != ALL:
+        return metric
+    return "Average" if "Average" in metrics(name) else metrics(name)[0]
+
+
+def ordered(name: str, df: pd.DataFrame, metric: str, order: str) -> pd.DataFrame:
+    """Rows as published, or best/worst first on `metric` (its direction
+    from tables.json); gaps go last."""
+    if order not in ORDERS:
+        raise gr.Error(f"Order must be one of {', '.join(ORDERS)}.")
+    if order == ORDERS[0]:
+        return df
+    best_first = (META[name]["directions"][metric] == "higher") == (order == ORDERS[1])
+    keys = df[metric].map(number)
+    return df.loc[keys.sort_values(ascending=not best_first, na_position="last").index]
+
+
+def describe(name: str) -> str:
+    t = META[name]
+    src = t["source"]
+    link = f"[{src['card']}]({src['url']})" if src["url"] else src["card"]
+    arrows = " · ".join(f"{m} {'↑' if d == 'higher' else '↓'}" for m, d in t["directions"].items())
+    notes = "".join(f"\n- {n}" for n in t["footnotes"])
+    return f"**{t['title']}** — source: {link}\n\n{arrows}{notes}"
+
+
+def download_path(name: str) -> str:
+    """The CSV as it is stored, copied where Gradio may serve it from
+    (the app may be started from any directory)."""
+    out = Path(tempfile.gettempdir()) / "ttl-playground-benchmarks"
+    out.mkdir(exist_ok=True)
+    return shutil.copy(TABLES / f"{name}.csv", out / f"{name}.csv")
+
+
+# -- the figures --------------------------------------------------------------
+def tokens(text: str) -> float:
+    """'8.1M' / '9.8B' processed tokens as a number, for the x axis."""
+    return float(text[:-1]) * {"M": 1e6, "B": 1e9}[text[-1]]
+
+
+def perplexity_figure(second: str = SECOND_AXIS[0]) -> go.Figure:
+    """Perplexity against processed tokens (the 460m run), with energy or
+    emissions on a second axis."""
+    if second not in SECOND_AXIS:
+        raise gr.Error(f"Second axis must be one of {', '.join(SECOND_AXIS)}.")
+    df = read("ttl-460m-perplexity")
+    x = df["Processed Tokens"].map(tokens)
     fig = go.Figure()
-    metrics = [c for c in df.columns[1:]]
-    for _, row in df.iterrows():
-        own = row.iloc[0] in OWN
-        fig.add_bar(name=row.iloc[0], x=metrics, y=[float(row[c]) for c in metrics],
-                    marker_line_width=2 if own else 0, opacity=1.0 if own else 0.55)
-    fig.update_layout(title=title, barmode="group", yaxis_title="accuracy (%)",
-                      template="plotly_white", legend_title_text="model", height=420)
+    fig.add_scatter(x=x, y=df["Perplexity"].map(number), name="Perplexity ↓", mode="lines+markers",
+                    text=df["Perplexity"], customdata=df["Processed Tokens"],
+                    hovertemplate="%{customdata} tokens: perplexity %{text}<extra></extra>",
+                    line=dict(color=OWN_COLOUR, width=3))
+    column = {SECOND_AXIS[0]: "Energy Consumption (kWh)",
+              SECOND_AXIS[1]: "Emissions (KgCO2eq)"}.get(second)
+    if column:
+        fig.add_scatter(x=x, y=df[column].map(number), name=second, yaxis="y2",
+                        mode="lines+markers", text=df[column], customdata=df["Processed Tokens"],
+                        hovertemplate=f"%{{customdata}} tokens: %{{text}} {second}<extra></extra>",
+                        line=dict(color="#1971c2", dash="dot"))
+        fig.update_layout(yaxis2=dict(title=second, overlaying="y", side="right", showgrid=False))
+    fig.update_layout(title="TeenyTinyLlama-460m: perplexity by processed tokens",
+                      xaxis=dict(title="processed tokens", tickvals=list(x),
+                                 ticktext=list(df["Processed Tokens"])),
+                      yaxis_title="perplexity (lower is better)",
+                      legend=dict(orientation="h", y=-0.2), **LAYOUT)
     return fig
 
 
+def checkpoints_figure() -> go.Figure:
+    """Both runs' perplexity by checkpoint step (the revisions people can load)."""
+    fig = go.Figure()
+    for name, label, colour in (("ttl-160m-perplexity", "TeenyTinyLlama-160m", OWN_COLOUR),
+                                ("ttl-460m-perplexity", "TeenyTinyLlama-460m", "#1971c2")):
+        df = read(name)
+        fig.add_scatter(x=df["step"].map(int), y=df["Perplexity"].map(number), name=label,
+                        mode="lines+markers", text=df["Perplexity"],
+                        hovertemplate="step %{x}: perplexity %{text}<extra>" + label + "</extra>",
+                        line=dict(color=colour, width=3))
+    fig.update_layout(title="Perplexity by checkpoint", xaxis_title="training step",
+                      yaxis_title="perplexity (lower is better)", **LAYOUT)
+    return fig
+
+
+def bars_figure(name: str, metric: str = ALL, order: str = ORDERS[0]) -> go.Figure:
+    """One metric as sorted bars, or every metric as grouped bars; the
+    project's own models in colour, the others in grey."""
+    t, df = META[name], read(name)
+    if metric != ALL and metric not in t["directions"]:
+        raise gr.Error(f"{t['title']} has no metric {metric!r}.")
+    own = set(t["highlight"])
+    df = ordered(name, df, sort_key(name, metric), order)
+    fig = go.Figure()
+    if metric == ALL:
+        for _, row in df.iterrows():
+            mine = row["model"] in own
+            fig.add_bar(name=row["model"], x=metrics(name), y=[number(row[m]) for m in metrics(name)],
+                        text=[row[m] for m in metrics(name)], textposition="none",
+                        hovertemplate="%{x}: %{text}<extra>" + row["model"] + "</extra>",
+                        marker=dict(line=dict(width=3 if mine else 0, color="black")),
+                        opacity=1.0 if mine else 0.5)
+        fig.update_layout(barmode="group", legend_title_text="model")
+    else:
+        fig.add_bar(x=df["model"], y=df[metric].map(number), text=df[metric], textposition="outside",
+                    marker_color=[OWN_COLOUR if m in own else OTHER_COLOUR for m in df["model"]],
+                    hovertemplate="%{x}: %{text}<extra></extra>")
+    arrow = "" if metric == ALL else (" ↑" if t["directions"][metric] == "higher" else " ↓")
+    fig.update_layout(title=t["title"] + ("" if metric == ALL else f" — {metric}{arrow}"),
+                      yaxis_title=(metric if metric != ALL else "score") + (f" ({t['unit']})" if t["unit"] else ""),
+                      **LAYOUT)
+    return fig
+
+
+def heatmap_figure(name: str) -> go.Figure:
+    """Models by tasks. Colour is each column's rank scale (best = 1, worst =
+    0, direction-aware), so accuracies and MSEs share one scale; the cells
+    show the published numbers."""
+    t, df = META[name], read(name)
+    cols = metrics(name)
+    z = []
+    for _, row in df.iterrows():
+        line = []
+        for m in cols:
+            values = [v for v in df[m].map(number) if not math.isnan(v)]
+            v = number(row[m])
+            if math.isnan(v) or max(values) == min(values):
+                line.append(None if math.isnan(v) else 0.5)
+                continue
+            score = (v - min(values)) / (max(values) - min(values))
+            line.append(score if t["directions"][m] == "higher" else 1 - score)
+        z.append(line)
+    labels = [("★ " if m in t["highlight"] else "") + m for m in df["model"]]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=cols, y=labels, text=df[cols].values, texttemplate="%{text}",
+        colorscale="Blues", zmin=0, zmax=1, hovertemplate="%{y} · %{x}: %{text}<extra></extra>",
+        colorbar=dict(title="best in column", tickvals=[0, 1], ticktext=["worst", "best"])))
+    fig.update_layout(title=t["title"] + " — models by tasks", **LAYOUT)
+    fig.update_layout(height=max(300, 60 + 36 * len(df)), yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def all_figures() -> list[go.Figure]:
+    figs = [perplexity_figure(s) for s in SECOND_AXIS] + [checkpoints_figure()]
+    for _, name in COMPARISONS:
+        figs += [heatmap_figure(name)] + [bars_figure(name, ALL, o) for o in ORDERS]
+        figs += [bars_figure(name, m, ORDERS[1]) for m in metrics(name)]
+    return figs
+
+
+# -- handlers -----------------------------------------------------------------
+def check_table(name) -> str:
+    if name not in dict((v, k) for k, v in COMPARISONS):
+        raise gr.Error(f"Unknown table {name!r}. Choose one of: "
+                       f"{', '.join(v for _, v in COMPARISONS)}.")
+    return name
+
+
+def pick_table(name):
+    name = check_table(name)
+    return (gr.Dropdown(choices=[ALL] + metrics(name), value=ALL), describe(name),
+            bars_figure(name), heatmap_figure(name), as_published(name), download_path(name))
+
+
+def pick_metric(name, metric, order):
+    name = check_table(name)
+    if metric != ALL and metric not in metrics(name):
+        raise gr.Error(f"{META[name]['title']} has no metric {metric!r}.")
+    rows = ordered(name, read(name), sort_key(name, metric), order).index
+    return bars_figure(name, metric, order), as_published(name).loc[rows]
+
+
+def measure_here(engine, text, model_key="ttl-160m", progress=gr.Progress()):
+    """Perplexity of the chosen TeenyTinyLlama on `text`, and the decoding
+    speed of every generative model loaded in this app, measured now."""
+    text = common.check_text(text)
+    if model_key not in dict((v, k) for k, v in PPL_MODELS):
+        raise gr.Error(f"Perplexity is measured with {' or '.join(k for _, k in PPL_MODELS)}, "
+                       f"not {model_key!r}.")
+    m = common.load(engine, model_key, progress=progress)
+    try:
+        ppl, scored = measure.perplexity(m, text)
+    except ValueError as exc:
+        raise common.error_message(exc) from None
+    rows = []
+    for loaded in engine.loaded():
+        if not loaded.spec.is_generative:
+            continue
+        progress(None, desc=f"Timing {loaded.spec.title}…")
+        speed = measure.decoding_speed(loaded, text[:500])
+        rows.append([loaded.spec.title, loaded.revision, loaded.label, speed.new_tokens,
+                     f"{speed.seconds:.2f}", f"{speed.tokens_per_second:.1f}"])
+    whose = "a **stand-in** (tiny random weights: these numbers say nothing about the real model)" \
+        if m.is_standin else f"`{m.spec.hub_id}` @ {m.revision}"
+    cut = " (cut to the context window)" if len(scored) + 1 >= m.spec.max_input_tokens else ""
+    summary = (f"### Measured here, now: perplexity **{ppl:.2f}**\n"
+               f"{m.spec.title} on this machine ({m.label}), {whose}, over {len(scored)} "
+               f"tokens of your text{cut}. Not comparable to the published perplexities, "
+               "which were measured on the authors' held-out corpus.")
+    speeds = pd.DataFrame(rows, columns=["model", "revision", "device", "new tokens",
+                                         "seconds", "tokens/s"])
+    surprisal = pd.DataFrame([[tok, f"{s:.2f}"] for tok, s in scored],
+                             columns=["token", "surprisal (nats)"])
+    return summary, speeds, surprisal
+
+
+# -- layout -------------------------------------------------------------------
 def build(engine) -> None:
-    df = read("finetuning")
-    gr.Markdown("### Fine-tuning comparisons\nAccuracy on each task's test set after "
-                "fine-tuning (TeenyTinyLlama model cards).")
-    gr.Plot(grouped_bars(df, "Fine-tuning accuracy by task"))
-    gr.Dataframe(df, interactive=False)
+    gr.Markdown("Published figures, **exactly as published** (tables as text, digit for "
+                "digit). The TeenyTinyLlama models and the app's other served models are "
+                "highlighted. Save a chart as PNG with the camera icon in its toolbar; "
+                "download any table as CSV.")
+
+    with gr.Accordion("Training: perplexity, energy and emissions", open=True):
+        gr.Markdown(describe("ttl-460m-perplexity"))
+        with gr.Row():
+            with gr.Column(scale=3):
+                second = gr.Radio(list(SECOND_AXIS), value=SECOND_AXIS[0], label="Second axis")
+                ppl_plot = gr.Plot(perplexity_figure(), elem_id="bench-perplexity")
+            with gr.Column(scale=2):
+                gr.Dataframe(read("ttl-460m-perplexity"), interactive=False, label="As published")
+                gr.DownloadButton("Download CSV", download_path("ttl-460m-perplexity"), size="sm")
+        second.change(perplexity_figure, second, ppl_plot, api_name="perplexity_figure")
+        gr.Markdown(describe("ttl-160m-perplexity"))
+        with gr.Row():
+            with gr.Column(scale=3):
+                gr.Plot(checkpoints_figure(), elem_id="bench-checkpoints")
+            with gr.Column(scale=2):
+                gr.Dataframe(read("ttl-160m-perplexity"), interactive=False, label="As published")
+                gr.DownloadButton("Download CSV", download_path("ttl-160m-perplexity"), size="sm")
+
+    with gr.Accordion("Benchmarks and fine-tuning", open=True):
+        first = COMPARISONS[0][1]
+        with gr.Row():
+            table = gr.Dropdown(COMPARISONS, value=first, label="Table")
+            metric = gr.Dropdown([ALL] + metrics(first), value=ALL, label="Metric")
+            order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Sort")
+        about = gr.Markdown(describe(first))
+        with gr.Row():
+            with gr.Column(scale=3):
+                bars = gr.Plot(bars_figure(first), elem_id="bench-bars")
+            with gr.Column(scale=2):
+                exact = gr.Dataframe(as_published(first), interactive=False, label="As published")
+                download = gr.DownloadButton("Download CSV", download_path(first), size="sm")
+        heat = gr.Plot(heatmap_figure(first), elem_id="bench-heatmap")
+        table.change(pick_table, table, [metric, about, bars, heat, exact, download],
+                     api_name="benchmark_table")
+        gr.on([metric.change, order.change], pick_metric, [table, metric, order], [bars, exact],
+              api_name="benchmark_metric")
+
+    with gr.Accordion("Measured here (this machine, now — not a published figure)", open=True):
+        gr.Markdown("Perplexity of a TeenyTinyLlama on **your** text, and the decoding speed "
+                    "(greedy, up to 32 new tokens, after the first token) of every text model "
+                    "loaded in this app so far. Measured live on the machine serving this page.")
+        with gr.Row():
+            text = gr.Textbox(label="Text to score", lines=3, max_length=common.MAX_TEXT_CHARS,
+                              value="A PUCRS é uma universidade privada localizada em Porto Alegre.")
+            model = gr.Dropdown(PPL_MODELS, value="ttl-160m", label="Model for perplexity")
+        go_button = gr.Button("Measure here", variant="primary")
+        result = gr.Markdown(elem_id="bench-measured")
+        with gr.Row():
+            speeds = gr.Dataframe(label="Decoding speed, measured here", interactive=False)
+            surprisal = gr.Dataframe(label="Surprisal per token, measured here", interactive=False)
+        go_button.click(functools.partial(measure_here, engine), [text, model],
+                        [result, speeds, surprisal], api_name="measure_here")
