@@ -181,7 +181,7 @@ def build(engine) -> None:
             with gr.Row():
                 send = gr.Button("Send", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
-                clear = gr.Button("Clear")
+                clear = gr.Button("Clear", elem_id="chat-clear")
             gr.Examples(EXAMPLES, inputs=msg, label="Examples from the model card")
             with gr.Accordion("All candidates (best-of-n)", open=False):
                 table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
@@ -208,8 +208,17 @@ def build(engine) -> None:
                            concurrency_id="chat")
     for event in (sent, submitted):
         event.then(lambda: "", None, msg, api_visibility="private")
-    retried = bot.retry(functools.partial(regenerate, engine), [bot, *settings], outputs,
-                        api_visibility="private", concurrency_id="chat")
+
+    # Not a functools.partial: Gradio finds gr.RetryData by the type hints of
+    # a plain function.
+    def on_retry(history, use_history, temperature, top_k, top_p, repetition_penalty,
+                 max_new_tokens, seed, n, retry: gr.RetryData,
+                 progress=gr.Progress(track_tqdm=True)):
+        yield from regenerate(engine, history, use_history, temperature, top_k, top_p,
+                              repetition_penalty, max_new_tokens, seed, n, retry, progress)
+
+    retried = bot.retry(on_retry, [bot, *settings], outputs, api_visibility="private",
+                        concurrency_id="chat")
     bot.undo(undo, bot, [bot, msg], api_visibility="private")
     stop.click(None, cancels=[sent, submitted, retried], api_visibility="private")
     clear.click(lambda: ([], []), None, [bot, table], api_visibility="private")
