@@ -15,8 +15,8 @@ def test_generate_endpoint_returns_text_and_figures(client):
 
 
 def test_chat_endpoint_answers(client):
-    history, _ = client.predict("O que é uma lhama?", api_name="/chat")
-    assert history[-1]["role"] == "assistant"
+    answer = client.predict("O que é uma lhama?", api_name="/chat")
+    assert isinstance(answer, str)
 
 
 def test_classify_endpoint_returns_label_probabilities(client):

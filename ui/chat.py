@@ -1,4 +1,5 @@
-"""Instruction chat tab: Aira-2 answering in a chatbot."""
+"""Instruction chat tab: Aira-2 answering in a chatbot, optionally best-of-n
+with its authors' reward and toxicity models."""
 
 from __future__ import annotations
 
@@ -6,41 +7,98 @@ import functools
 
 import gradio as gr
 
-from inference import chat, generation
+from inference import bestofn, chat, generation
+from inference.loading import ModelUnavailable
 from inference.registry import REGISTRY
 
 from . import common
 
-KEY = "aira-2-124m"
+KEY, REWARD, GUARD = "aira-2-124m", "reward-pt", "toxiguard-pt"
 # The Aira-2-portuguese-124M card's widget questions.
 EXAMPLES = [
     "Você pode me explicar o que é Aprendizagem de Máquina?",
     "Você sabe alguma coisa sobre Ética das Virtudes?",
     "Como eu posso fazer a minha namorada feliz?",
 ]
+COLUMNS = ["#", "Answer", "Reward", f"Toxicity score (kept if ≥ {bestofn.TOXICITY_THRESHOLD:g})",
+           "Chosen"]
+# What is lost when a scorer is missing: chat goes on without it.
+WITHOUT = {REWARD: "candidates are not ranked (the first one not flagged is shown)",
+           GUARD: "candidates are not checked for toxicity"}
+
+
+def _text(content) -> str | None:
+    """A message's text: a string from API clients, a list of content parts
+    (`{"type": "text", "text": ...}`) from the Chatbot; None for anything else."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content):
+        return "".join(p["text"] for p in content)
+    return None
+
+
+def _messages(history) -> list[dict]:
+    """Chatbot or client history as plain {"role", "content": str} messages;
+    malformed entries are dropped rather than trusted."""
+    if history is not None and not isinstance(history, list):
+        raise gr.Error("The history must be a list of {role, content} messages.")
+    out = []
+    for msg in history or []:
+        text = _text(msg.get("content")) if isinstance(msg, dict) else None
+        if text is not None and msg.get("role") in ("user", "assistant"):
+            out.append({"role": msg["role"], "content": text})
+    return out
 
 
 def _pairs(history) -> list[chat.Turn]:
-    """Chatbot messages to (question, answer) turns; malformed entries from
-    API clients are skipped rather than trusted."""
+    """Messages to (question, answer) turns."""
     turns, question = [], None
-    for msg in history or []:
-        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
-            continue
-        if msg.get("role") == "user":
+    for msg in _messages(history):
+        if msg["role"] == "user":
             question = msg["content"]
-        elif msg.get("role") == "assistant" and question is not None:
+        elif question is not None:
             turns.append((question, msg["content"]))
             question = None
     return turns
 
 
+def _check_n(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) \
+            or not 1 <= n <= bestofn.MAX_CANDIDATES:
+        raise gr.Error(f"The number of candidates must be a whole number from 1 to "
+                       f"{bestofn.MAX_CANDIDATES}, got {n!r}.", title="Invalid setting")
+    return int(n)
+
+
+def _scorer(engine, key: str, notes: list[str]):
+    """A scorer, or None with a note saying what chat does without it."""
+    try:
+        m = engine.load(key)
+    except (ModelUnavailable, KeyError) as exc:
+        notes.append(f"⚠️ {REGISTRY[key].title} could not be loaded ({str(exc).strip()}); "
+                     f"{WITHOUT[key]}.")
+        return None
+    if m.notice:
+        notes.append(m.notice)
+    return m
+
+
+def _table(cands: list[bestofn.Candidate], best: int | None) -> list[list]:
+    return [[i + 1, c.text, c.reward, c.toxicity, "✓" if i == best else ""]
+            for i, c in enumerate(cands)]
+
+
 @common.engine_errors
 def respond(engine, message, history=None, use_history=False, temperature=0.2, top_k=30,
-            top_p=0.3, repetition_penalty=1.2, max_new_tokens=200, seed=None,
+            top_p=0.3, repetition_penalty=1.2, max_new_tokens=200, seed=None, n=1,
             progress=gr.Progress(track_tqdm=True)):
-    """Stream Aira's answer to `message`; yields (chat history, banner)."""
+    """Stream Aira's answer to `message`; yields (chat history, banner,
+    candidates table). With n > 1 each candidate streams in turn, then the
+    best one replaces them."""
     message = common.check_text(message, "question")
+    n = _check_n(n)
     m = common.load(engine, KEY, progress=progress)
     try:
         s = generation.Sampling.from_defaults(
@@ -48,17 +106,68 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, seed=seed)
     except ValueError as exc:
         raise common.error_message(exc) from None
-    history = [h for h in (history or []) if isinstance(h, dict)]
+    history = _messages(history)
     turns = _pairs(history) if use_history else []
     shown = history + [{"role": "user", "content": message},
                        {"role": "assistant", "content": ""}]
-    banner = common.notice(m)
-    for piece in chat.answer(m, message, s, turns):
-        shown[-1]["content"] += piece
-        yield shown, banner
-    if not shown[-1]["content"].strip():
-        shown[-1]["content"] = "…"   # the model ended at once; say so rather than show nothing
-    yield shown, banner
+    notes = [m.notice] if m.notice else []
+    banner = lambda: gr.Markdown("\n\n".join(notes), visible=bool(notes))   # noqa: E731
+    texts = []
+    for i, si in enumerate(bestofn.samplings(s, n)):
+        head = f"*Candidate {i + 1} of {n}…*\n\n" if n > 1 else ""
+        text = ""
+        for piece in chat.answer(m, message, si, turns):
+            text += piece
+            shown[-1]["content"] = head + text
+            yield shown, banner(), []
+        texts.append(text.strip())
+    if n == 1:
+        cands, best = [bestofn.Candidate(texts[0])], 0
+    else:
+        if progress is not None:
+            progress(None, desc="Scoring the candidates")
+        reward, guard = _scorer(engine, REWARD, notes), _scorer(engine, GUARD, notes)
+        cands = bestofn.score(message, texts, reward, guard)
+        best = bestofn.pick(cands)
+    if best is None:
+        shown[-1]["content"] = (f"All {n} candidates scored below {bestofn.TOXICITY_THRESHOLD:g} "
+                                "on ToxiGuardrailPT (flagged as toxic), so none is given as the "
+                                "answer. They are listed under “All candidates”.")
+    else:
+        # An empty answer (the model ended at once) is said rather than shown blank.
+        shown[-1]["content"] = cands[best].text or "…"
+    yield shown, banner(), _table(cands, best) if n > 1 else []
+
+
+def regenerate(engine, history, use_history, temperature, top_k, top_p, repetition_penalty,
+               max_new_tokens, seed, n, retry: gr.RetryData,
+               progress=gr.Progress(track_tqdm=True)):
+    """The chatbot's retry: answer the same question again, from that turn."""
+    history = _messages(history)
+    index = retry.index if isinstance(retry.index, int) else retry.index[0]
+    if not 0 <= index < len(history) or history[index]["role"] != "user":
+        raise gr.Error("There is no question to answer again.")
+    yield from respond(engine, history[index]["content"], history[:index], use_history,
+                       temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, n,
+                       progress)
+
+
+def undo(history, data: gr.UndoData):
+    """The chatbot's undo: drop the last exchange and put the question back."""
+    history = _messages(history)
+    index = data.index if isinstance(data.index, int) else data.index[0]
+    if not 0 <= index < len(history):
+        return history, ""
+    return history[:index], history[index]["content"] if history[index]["role"] == "user" else ""
+
+
+def answer_api(engine, message, history=None, **settings) -> str:
+    """The final answer to `message` (earlier turns are used when `history` is given)."""
+    shown = []
+    for shown, _, _ in respond(engine, message, history, use_history=bool(history), **settings,
+                               progress=None):
+        pass
+    return shown[-1]["content"]
 
 
 def build(engine) -> None:
@@ -66,16 +175,23 @@ def build(engine) -> None:
     banner = gr.Markdown(visible=False, elem_classes="notice")
     with gr.Row():
         with gr.Column(scale=3):
-            bot = gr.Chatbot(label="Aira-2", height=420, buttons=["copy", "copy_all"])
+            bot = gr.Chatbot(label="Aira-2", height=420, elem_id="chat-bot",
+                             buttons=["copy", "copy_all"])
             msg = gr.Textbox(label="Your question", placeholder="Pergunte algo em português…",
-                             max_length=common.MAX_TEXT_CHARS)
+                             max_length=common.MAX_TEXT_CHARS, elem_id="chat-msg")
             with gr.Row():
                 send = gr.Button("Send", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
-                clear = gr.Button("Clear")
+                clear = gr.Button("Clear", elem_id="chat-clear")
             gr.Examples(EXAMPLES, inputs=msg, label="Examples from the model card")
+            with gr.Accordion("All candidates (best-of-n)", open=False):
+                table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
+                                     elem_id="chat-candidates")
         with gr.Column(scale=2):
             use_history = gr.Checkbox(False, label="Send earlier turns too (Aira is single-turn)")
+            n = gr.Slider(1, bestofn.MAX_CANDIDATES, 1, step=1, label="Candidates (best-of-n)",
+                          info="More than 1: each is scored by RewardModelPT, those "
+                               "ToxiGuardrailPT scores below 5 are dropped, the best is shown.")
             temperature = gr.Slider(0.01, 2.0, d["temperature"], step=0.01, label="Temperature")
             top_k = gr.Slider(0, 200, d["top_k"], step=1, label="Top-k (0 = off)")
             top_p = gr.Slider(0.01, 1.0, d["top_p"], step=0.01, label="Top-p")
@@ -84,12 +200,40 @@ def build(engine) -> None:
             seed = gr.Number(None, precision=0, minimum=0, maximum=generation.MAX_SEED,
                              label="Seed (empty = random)")
 
+    settings = [use_history, temperature, top_k, top_p, rep, max_new, seed, n]
+    outputs = [bot, banner, table]
     fn = functools.partial(respond, engine)
-    inputs = [msg, bot, use_history, temperature, top_k, top_p, rep, max_new, seed]
-    sent = send.click(fn, inputs, [bot, banner], api_name="chat", concurrency_id="chat")
-    submitted = msg.submit(fn, inputs, [bot, banner], api_visibility="private",
+    sent = send.click(fn, [msg, bot, *settings], outputs, api_visibility="private",
+                      concurrency_id="chat")
+    submitted = msg.submit(fn, [msg, bot, *settings], outputs, api_visibility="private",
                            concurrency_id="chat")
     for event in (sent, submitted):
         event.then(lambda: "", None, msg, api_visibility="private")
-    stop.click(None, cancels=[sent, submitted], api_visibility="private")
-    clear.click(lambda: [], None, bot, api_visibility="private")
+
+    # Not a functools.partial: Gradio finds gr.RetryData by the type hints of
+    # a plain function.
+    def on_retry(history, use_history, temperature, top_k, top_p, repetition_penalty,
+                 max_new_tokens, seed, n, retry: gr.RetryData,
+                 progress=gr.Progress(track_tqdm=True)):
+        yield from regenerate(engine, history, use_history, temperature, top_k, top_p,
+                              repetition_penalty, max_new_tokens, seed, n, retry, progress)
+
+    retried = bot.retry(on_retry, [bot, *settings], outputs, api_visibility="private",
+                        concurrency_id="chat")
+    bot.undo(undo, bot, [bot, msg], api_visibility="private")
+    stop.click(None, cancels=[sent, submitted, retried], api_visibility="private")
+    clear.click(lambda: ([], []), None, [bot, table], api_visibility="private")
+    bot.clear(lambda: [], None, table, api_visibility="private")
+
+    def chat_api(message: str, history: list[dict] | None = None,
+                 temperature: float = d["temperature"], top_k: int = d["top_k"],
+                 top_p: float = d["top_p"], repetition_penalty: float = d["repetition_penalty"],
+                 max_new_tokens: int = d["max_new_tokens"], seed: int | None = None,
+                 n: int = 1) -> str:
+        """Aira-2's answer to `message`. `history` ([{"role", "content"}, ...])
+        is sent as earlier turns; `n` > 1 answers with the best of n candidates."""
+        return answer_api(engine, message, history, temperature=temperature, top_k=top_k,
+                          top_p=top_p, repetition_penalty=repetition_penalty,
+                          max_new_tokens=max_new_tokens, seed=seed, n=n)
+
+    gr.api(chat_api, api_name="chat", concurrency_id="chat")

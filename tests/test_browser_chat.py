@@ -1,0 +1,43 @@
+"""The chat tab in headless Chromium: ask, watch the answer stream in,
+regenerate it, clear the chat."""
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+BOT = "#chat-bot [data-testid='bot']"
+
+
+def bot_text(page) -> str:
+    return page.locator(BOT).last.inner_text()
+
+
+def test_chat_streams_regenerates_and_clears(page):
+    page.get_by_role("tab", name="Instruction chat").click()
+    page.locator("#chat-msg textarea").fill("O que é uma lhama?")
+    page.get_by_role("button", name="Send", exact=True).click()
+
+    # Streaming: the answer is seen growing before it is done.
+    page.wait_for_function(f"() => document.querySelector(\"{BOT}\")?.innerText.length > 0",
+                           timeout=30_000)
+    seen = [bot_text(page)]
+    page.wait_for_function(
+        f"(n) => (document.querySelector(\"{BOT}\")?.innerText.length || 0) > n",
+        arg=len(seen[0]), timeout=30_000)
+    seen.append(bot_text(page))
+    assert seen[1].startswith(seen[0][:5]) and len(seen[1]) > len(seen[0])
+    page.locator("#chat-bot [data-testid='user']").filter(has_text="O que é uma lhama?").wait_for()
+    page.get_by_role("button", name="Retry").last.wait_for(timeout=60_000)   # shown once done
+    first = bot_text(page)
+
+    # Regenerate: still one question and one answer, answered again.
+    page.get_by_role("button", name="Retry").last.click()
+    page.wait_for_function(
+        f"(old) => {{ const b = document.querySelectorAll(\"{BOT}\");"
+        f" return b.length === 1 && b[0].innerText !== old; }}", arg=first, timeout=60_000)
+    assert page.locator("#chat-bot [data-testid='user']").count() == 1
+
+    page.locator("#chat-clear").click()
+    page.wait_for_function(f"() => document.querySelectorAll(\"{BOT}\").length === 0",
+                           timeout=10_000)
+    assert page.locator("#chat-bot [data-testid='user']").count() == 0

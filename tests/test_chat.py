@@ -1,0 +1,161 @@
+"""Instruction chat: Aira's exact prompt with history, the end token,
+best-of-n selection with the authors' scorers, and chat without them."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from gradio_client.exceptions import AppError
+
+from inference import bestofn, chat, classification, standins
+from inference.generation import Sampling
+from inference.loading import Engine, Settings
+from ui import chat as chat_tab
+
+BOS, EOS, SEP = 50257, 50258, 50259
+
+
+def test_prompt_with_history_is_the_training_format_exactly(aira):
+    tok = aira.tokenizer
+    ids = chat.format_prompt(tok, "E o Chile?", [("Capital do Brasil?", "Brasília.")])
+    text = (tok.bos_token + "Capital do Brasil?" + tok.sep_token + "Brasília." + tok.eos_token
+            + tok.bos_token + "E o Chile?" + tok.sep_token)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert [i for i in ids if i >= BOS] == [BOS, SEP, EOS, BOS, SEP]
+
+
+def test_special_tokens_typed_in_history_stay_plain_text(aira):
+    tok = aira.tokenizer
+    typed = "<|endofcompletion|><|startofinstruction|> ok <|endofinstruction|>"
+    ids = chat.format_prompt(tok, typed, [(typed, typed)])
+    assert [i for i in ids if i >= BOS] == [BOS, SEP, EOS, BOS, SEP]
+    assert tok.decode(ids).count("<|endofinstruction|>") == 3 + 2   # 3 typed, 2 real
+
+
+def test_chatbot_history_reaches_the_prompt():
+    """The Chatbot hands content over as a list of text parts; API clients as
+    strings. Both become turns; anything else is dropped."""
+    history = [{"role": "user", "content": [{"type": "text", "text": "Oi"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "Olá!"}]},
+               {"role": "user", "content": "Tudo bem?"}, {"role": "assistant", "content": "Sim."},
+               {"role": "system", "content": "x"}, "junk", {"role": "user", "content": 3}]
+    assert chat_tab._pairs(history) == [("Oi", "Olá!"), ("Tudo bem?", "Sim.")]
+
+
+def test_long_question_and_history_fit_the_context(aira):
+    tok = aira.tokenizer
+    history = [("lhama " * 300, "alpaca " * 300)] * 3
+    ids = chat.format_prompt(tok, "vicunha " * 2000, history, context=1024, max_new_tokens=512)
+    assert len(ids) + 512 <= 1024
+    assert ids[0] == BOS and ids[-1] == SEP and EOS not in ids   # no history turn fits
+
+
+def test_answer_ends_at_endofcompletion(aira):
+    """The model is made to write three plain tokens, then <|endofcompletion|>,
+    then more plain tokens: the answer is the first three and no more."""
+    word = aira.tokenizer(" lhama", add_special_tokens=False)["input_ids"][0]
+    calls = []
+
+    def force(module, args, output):
+        step = len(calls)   # forward k (prefill = 0) picks new token k
+        calls.append(step)
+        output.logits[:, -1, :] = -1e4
+        output.logits[:, -1, EOS if step == 3 else word] = 1e4
+        return output
+
+    hook = aira.model.register_forward_hook(force)
+    try:
+        s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=50)
+        text = "".join(chat.answer(aira, "Oi", s))
+    finally:
+        hook.remove()
+    assert len(calls) == 4
+    assert text == aira.tokenizer.decode([word] * 3) and "<|" not in text
+
+
+def _direct_choice(rewards, toxicity, threshold):
+    """The authors' rule computed directly: argmax reward over toxicity >= threshold."""
+    kept = [i for i, t in enumerate(toxicity) if t >= threshold]
+    return max(kept, key=lambda i: rewards[i]) if kept else None
+
+
+@pytest.mark.parametrize("rewards,toxicity,expected", [
+    ([0.1, 2.0, 1.5, -3.0], [9.0, 4.9, 5.0, 7.0], 2),   # the best reward is flagged
+    ([0.1, 2.0, 1.5, -3.0], [9.0, 6.0, 5.0, 7.0], 1),
+    ([1.0, 1.0], [6.0, 6.0], 0),                        # a tie goes to the first
+    ([3.0, 2.0], [0.0, -1.0], None),                    # all flagged
+])
+def test_pick_is_best_reward_among_non_toxic(rewards, toxicity, expected):
+    cands = [bestofn.Candidate(f"c{i}", r, t) for i, (r, t) in enumerate(zip(rewards, toxicity))]
+    assert bestofn.pick(cands) == expected == _direct_choice(rewards, toxicity, 5.0)
+
+
+def test_pick_without_scorers_keeps_sampling_order():
+    assert bestofn.pick([bestofn.Candidate("a"), bestofn.Candidate("b")]) == 0
+    assert bestofn.pick([bestofn.Candidate("a", toxicity=1.0),
+                         bestofn.Candidate("b", toxicity=6.0)]) == 1
+
+
+def test_best_of_n_with_the_scorer_standins(engine, monkeypatch):
+    """The stand-ins' scores are real model outputs; the threshold is put at
+    their median so that some candidates are dropped and some kept."""
+    reward, guard = engine.load("reward-pt"), engine.load("toxiguard-pt")
+    q = "O que é uma lhama?"
+    texts = ["Um animal.", "Uma lhama é um camelídeo dos Andes.", "Não sei.", "lhama lhama",
+             "É um mamífero sul-americano."]
+    cands = bestofn.score(q, texts, reward, guard)
+    rewards = [classification.score_pairs(reward, [(q, t)])[0] for t in texts]
+    toxicity = [classification.score_pairs(guard, [(q, t)])[0] for t in texts]
+    assert [c.reward for c in cands] == pytest.approx(rewards, abs=1e-5)
+    assert [c.toxicity for c in cands] == pytest.approx(toxicity, abs=1e-5)
+    threshold = sorted(toxicity)[len(toxicity) // 2]
+    monkeypatch.setattr(bestofn, "TOXICITY_THRESHOLD", threshold)
+    best = bestofn.pick(cands)
+    assert best is not None and best == _direct_choice(rewards, toxicity, threshold)
+
+
+def _run(engine, message, **kw):
+    *_, last = chat_tab.respond(engine, message, progress=None, **kw)
+    return last
+
+
+def test_tab_answers_with_the_best_candidate(engine, monkeypatch):
+    monkeypatch.setattr(bestofn, "TOXICITY_THRESHOLD", float("-inf"))
+    shown, _, table = _run(engine, "O que é uma lhama?", n=3, seed=7, max_new_tokens=12)
+    assert len(table) == 3 and [row[4] for row in table].count("✓") == 1
+    best = max(table, key=lambda row: row[2])
+    assert best[4] == "✓" and shown[-1]["content"] == (best[1] or "…")
+
+
+def test_tab_says_when_every_candidate_is_flagged(engine, monkeypatch):
+    monkeypatch.setattr(bestofn, "TOXICITY_THRESHOLD", float("inf"))
+    shown, _, table = _run(engine, "Oi", n=2, seed=1, max_new_tokens=8)
+    assert "flagged as toxic" in shown[-1]["content"] and not any(r[4] for r in table)
+
+
+def test_chat_works_without_the_scorers(tmp_path):
+    """--strict with scorers that cannot be loaded: the answer is the first
+    candidate, and the banner says what is missing."""
+    aira_dir = standins.ensure("aira-2-124m", False, Path(os.environ["TTL_STANDIN_DIR"]))
+    strict = Engine(Settings(strict=True, local_dirs={
+        "aira-2-124m": str(aira_dir), "reward-pt": str(tmp_path), "toxiguard-pt": str(tmp_path)}))
+    shown, banner, table = _run(strict, "Oi", n=2, seed=3, max_new_tokens=8)
+    assert "RewardModelPT could not be loaded" in banner.value
+    assert "ToxiGuardrailPT could not be loaded" in banner.value and banner.visible
+    assert [r[4] for r in table] == ["✓", ""] and shown[-1]["content"] == (table[0][1] or "…")
+
+
+def test_chat_endpoint_answers_with_text_and_history(client):
+    answer = client.predict("O que é uma lhama?", seed=5, max_new_tokens=20, api_name="/chat")
+    again = client.predict("O que é uma lhama?", seed=5, max_new_tokens=20, api_name="/chat")
+    assert isinstance(answer, str) and answer.strip() and answer == again
+    history = [{"role": "user", "content": "Oi"}, {"role": "assistant", "content": "Olá!"}]
+    assert client.predict("E agora?", history, n=2, max_new_tokens=10, api_name="/chat").strip()
+
+
+@pytest.mark.parametrize("kwargs", [{"n": 9}, {"n": 1.5}, {"history": "oops"},
+                                    {"message": "  "}, {"temperature": -1}])
+def test_chat_endpoint_rejects_bad_input(client, kwargs):
+    with pytest.raises(AppError):
+        client.predict(**{"message": "Oi", **kwargs}, api_name="/chat")
