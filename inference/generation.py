@@ -136,12 +136,41 @@ def generate_kwargs(m: Loaded, ids: list[int], s: Sampling, cancel: threading.Ev
         temperature=None, top_k=None, top_p=None)
 
 
+class IdStreamer(TextIteratorStreamer):
+    """A text streamer that also keeps the generated token ids, so callers
+    count and score the tokens the model chose instead of re-tokenizing text
+    (which can split differently)."""
+
+    def __init__(self, tokenizer, **kwargs):
+        super().__init__(tokenizer, **kwargs)
+        self.ids: list[int] = []
+
+    def put(self, value):
+        if not (self.skip_prompt and self.next_tokens_are_prompt):
+            self.ids.extend(value.reshape(-1).tolist())
+        super().put(value)
+
+
 def stream(m: Loaded, ids: list[int], s: Sampling,
            cancel: threading.Event | None = None) -> Iterator[str]:
     """Yield the new text piece by piece. Closing the iterator (a Gradio
     cancel, a closed page) or setting `cancel` stops the worker thread."""
+    tokens = stream_tokens(m, ids, s, cancel)
+    try:
+        for text, _ in tokens:
+            if text:
+                yield text
+    finally:
+        tokens.close()   # stops the worker now, not when garbage is collected
+
+
+def stream_tokens(m: Loaded, ids: list[int], s: Sampling,
+                  cancel: threading.Event | None = None) -> Iterator[tuple[str, list[int]]]:
+    """As `stream`, with the new token ids so far alongside each text piece;
+    the last item has all of them (an end token included) and may carry no
+    text."""
     cancel = cancel or threading.Event()
-    streamer = TextIteratorStreamer(m.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = IdStreamer(m.tokenizer, skip_prompt=True, skip_special_tokens=True)
     failure: list[BaseException] = []
 
     def work():
@@ -159,9 +188,10 @@ def stream(m: Loaded, ids: list[int], s: Sampling,
     try:
         for text in streamer:
             if text:
-                yield text
+                yield text, list(streamer.ids)
         if failure:
             raise failure[0]
+        yield "", list(streamer.ids)
     finally:
         cancel.set()
         worker.join(timeout=5)

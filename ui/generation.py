@@ -1,13 +1,15 @@
-"""Text generation tab: TeenyTinyLlama streaming a continuation."""
+"""Text generation tab: TeenyTinyLlama streaming 1 to 4 continuations side by
+side, "Why this token?" and the perplexity of a pasted text."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
 import gradio as gr
 
-from inference import formats, generation
+from inference import analysis, formats, generation
 from inference.registry import GENERATE, REGISTRY, by_task
 
 from . import common
@@ -19,44 +21,139 @@ EXAMPLES = [
     "Em meio a um escândalo, a frente parlamentar pediu ao Senador Silva para",
 ]
 MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
+MAX_COMPLETIONS = 4
+
+# Colour classes for token probabilities and surprise, most confident first.
+PROB_BANDS = [(0.9, "p ≥ 0.9", "#22c55e"), (0.5, "p 0.5–0.9", "#a3e635"),
+              (0.1, "p 0.1–0.5", "#fb923c"), (0.0, "p < 0.1", "#ef4444")]
+SURPRISE_BANDS = [(1.0, "< 1 bit", "#22c55e"), (4.0, "1–4 bits", "#a3e635"),
+                  (8.0, "4–8 bits", "#fb923c"), (float("inf"), "≥ 8 bits", "#ef4444")]
 
 
-@common.engine_errors
-def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.2,
-             top_k=20, top_p=0.2, repetition_penalty=1.2, max_new_tokens=150,
-             greedy=False, seed=None, progress=gr.Progress(track_tqdm=True)):
-    """Stream a continuation of `text`; yields (text, figures, banner)."""
-    common.check_key(model_key, GENERATE)
-    text = common.check_text(text, "prompt")
-    m = common.load(engine, model_key, revision, progress)
+def prob_band(p: float) -> str:
+    return next(name for lo, name, _ in PROB_BANDS if p >= lo)
+
+
+def surprise_band(bits: float) -> str:
+    return next(name for hi, name, _ in SURPRISE_BANDS if bits < hi) if bits < float("inf") \
+        else SURPRISE_BANDS[-1][1]
+
+
+def _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed):
     try:
-        s = generation.Sampling.from_defaults(
+        return generation.Sampling.from_defaults(
             m.spec.defaults, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
             do_sample=not greedy, seed=seed)
     except ValueError as exc:
         raise common.error_message(exc) from None
-    ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
-    ids, dropped = generation.fit_context(ids, m.spec.max_input_tokens, s.max_new_tokens, keep_first=1)
-    cut = (f"⚠️ The prompt was cut by {dropped} tokens from the left to fit the "
+
+
+def _count(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) \
+            or not 1 <= n <= MAX_COMPLETIONS:
+        raise gr.Error(f"Completions must be a whole number from 1 to {MAX_COMPLETIONS}, "
+                       f"got {n!r}.", title="Invalid setting")
+    return int(n)
+
+
+def figures(m, prompt_tokens: int, dropped: int, runs: list[dict], done: bool) -> str:
+    """The line under the outputs: sizes, speed, device. Token counts come
+    from the generated ids, not from re-tokenizing the text."""
+    new = sum(len(r["ids"]) for r in runs)
+    first = next((r["first"] for r in runs if r["first"] is not None), None)
+    decoded = sum(max(len(r["ids"]) - 1, 0) for r in runs)
+    decode_s = sum(r["end"] - r["first"] for r in runs if r["first"] is not None)
+    rate = f"**{decoded / decode_s:.1f}** tokens/s" if decode_s > 0 and decoded else "– tokens/s"
+    cut = (f"⚠️ The prompt was cut by **{dropped}** tokens from the left to fit the "
            f"{m.spec.max_input_tokens}-token context. ") if dropped else ""
+    state = "" if done else "Generating… "
+    ttft = f"**{first:.2f} s**" if first is not None else "–"
+    return (f"{cut}{state}**{prompt_tokens}** prompt tokens · **{new}** new tokens · "
+            f"first token after {ttft} · {rate} · {m.label}")
+
+
+@common.engine_errors
+def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.2,
+             top_k=20, top_p=0.2, repetition_penalty=1.2, max_new_tokens=150,
+             greedy=False, seed=None, completions=1, progress=gr.Progress(track_tqdm=True)):
+    """Stream `completions` continuations of `text`, one after the other
+    (seeds seed, seed+1, ...); yields the texts, the figures line, the
+    banner and the run (prompt and generated ids) for "Why this token?"."""
+    common.check_key(model_key, GENERATE)
+    text = common.check_text(text, "prompt", allow_empty=True)
+    n = _count(completions)
+    if not text.strip():
+        gr.Warning("Type a prompt first: the model continues your text.")
+        yield *[""] * MAX_COMPLETIONS, "✍️ Type a prompt to start.", gr.Markdown(visible=False), None
+        return
+    m = common.load(engine, model_key, revision, progress)
+    s = _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed)
+    ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
+    ids, dropped = generation.fit_context(ids, m.spec.max_input_tokens, s.max_new_tokens,
+                                          keep_first=1)
     banner = common.notice(m)
-    start, first, out = time.perf_counter(), None, ""
-    for piece in generation.stream(m, ids, s):
-        first = first or time.perf_counter() - start
-        out += piece
-        yield out, cut + f"Generating on {m.label}…", banner
-    elapsed = time.perf_counter() - start
-    new = len(m.tokenizer(out, add_special_tokens=False)["input_ids"]) if out else 0
-    rate = new / (elapsed - first) if first and elapsed > first and new > 1 else 0.0
-    figures = (f"{cut}**{len(ids)}** prompt tokens · **{new}** new tokens · "
-               f"first token after **{(first or elapsed):.2f} s** · **{rate:.1f}** tokens/s · "
-               f"{m.label}")
-    yield out, figures, banner
+    texts = [""] * MAX_COMPLETIONS
+    runs: list[dict] = []
+    run = dict(key=m.spec.key, revision=revision, sampling=s, prompt=ids, runs=runs)
+    for i in range(n):
+        si = s if s.seed is None else generation.Sampling(
+            **{**s.__dict__, "seed": (s.seed + i) % (generation.MAX_SEED + 1)})
+        r = dict(ids=[], first=None, end=None, sampling=si)
+        runs.append(r)
+        start = time.perf_counter()
+        # closing(): a Stop closes this generator, and the worker must end with it.
+        with contextlib.closing(generation.stream_tokens(m, ids, si)) as tokens:
+            for piece, new_ids in tokens:
+                now = time.perf_counter()
+                r["first"] = r["first"] if r["first"] is not None else now - start
+                r["ids"], r["end"] = new_ids, now - start
+                texts[i] += piece
+                yield *texts, figures(m, len(ids), dropped, runs, False), banner, run
+    yield *texts, figures(m, len(ids), dropped, runs, True), banner, run
+
+
+@common.engine_errors
+def explain(engine, run, which=1):
+    """Colour each generated token of completion `which` by its probability
+    and list the top alternatives (see inference.analysis)."""
+    if not run or not run["runs"]:
+        raise gr.Error("Generate some text first.", title="Nothing to explain")
+    which = _count(which)
+    if which > len(run["runs"]):
+        raise gr.Error(f"There are only {len(run['runs'])} completions.", title="Nothing to explain")
+    m = common.load(engine, run["key"], run["revision"])
+    r = run["runs"][which - 1]
+    infos = analysis.explain(m, run["prompt"], r["ids"], r["sampling"])
+    spans = [(t.text, prob_band(t.prob)) for t in infos]
+    table = [[i + 1, repr(t.text), round(t.prob, 4),
+              " · ".join(f"{a!r} {p:.3f}" for a, p in t.alternatives)]
+             for i, t in enumerate(infos)]
+    return spans, table
+
+
+@common.engine_errors
+def perplexity(engine, text, model_key="ttl-160m", revision="main",
+               progress=gr.Progress(track_tqdm=True)):
+    """Perplexity of `text` and each token's surprise in bits."""
+    common.check_key(model_key, GENERATE)
+    text = common.check_text(text, "text to score")
+    m = common.load(engine, model_key, revision, progress)
+    ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
+    try:
+        p = analysis.perplexity(m, ids)
+    except ValueError as exc:
+        raise gr.Error(str(exc), title="Nothing to score") from None
+    cut = (f" Only the first {m.spec.max_input_tokens} tokens were scored "
+           f"({p.dropped} more did not fit the context).") if p.dropped else ""
+    summary = (f"Perplexity **{p.value:.2f}** over **{len(p.tokens)}** tokens "
+               f"under {m.spec.title} ({revision}, {m.label}).{cut}")
+    return summary, [(t.text, surprise_band(t.surprise_bits)) for t in p.tokens]
 
 
 def build(engine) -> None:
     d = REGISTRY["ttl-160m"].defaults
+    run_state = gr.State(None)
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=4, value=EXAMPLES[0], max_length=common.MAX_TEXT_CHARS)
@@ -65,9 +162,12 @@ def build(engine) -> None:
                 stop = gr.Button("Stop", variant="stop")
             gr.Examples(EXAMPLES, inputs=prompt, label="Examples from the model card")
             banner = gr.Markdown(visible=False, elem_classes="notice")
-            output = gr.Textbox(label="Continuation", lines=10, interactive=False, elem_id="gen-output",
-                                buttons=["copy"])
-            figures = gr.Markdown(elem_classes="figures")
+            with gr.Row():
+                outputs = [gr.Textbox(label=f"Completion {i + 1}", lines=10, interactive=False,
+                                      elem_id="gen-output" if i == 0 else f"gen-output-{i + 1}",
+                                      buttons=["copy"], visible=i == 0)
+                           for i in range(MAX_COMPLETIONS)]
+            figures_md = gr.Markdown(elem_classes="figures", elem_id="gen-figures")
         with gr.Column(scale=2):
             model = gr.Dropdown(MODELS, value="ttl-160m", label="Model")
             revision = gr.Dropdown(list(REGISTRY["ttl-160m"].revisions), value="main",
@@ -78,17 +178,42 @@ def build(engine) -> None:
             rep = gr.Slider(1.0, 2.0, d["repetition_penalty"], step=0.05, label="Repetition penalty")
             max_new = gr.Slider(1, generation.MAX_NEW_TOKENS_CAP, d["max_new_tokens"], step=1,
                                 label="Max new tokens")
-            greedy = gr.Checkbox(False, label="Greedy (no sampling)")
+            greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
             seed = gr.Number(None, precision=0, minimum=0, maximum=generation.MAX_SEED,
-                             label="Seed (empty = random)")
+                             label="Seed (empty = random; completion k uses seed + k − 1)")
+            completions = gr.Radio(list(range(1, MAX_COMPLETIONS + 1)), value=1,
+                                   label="Completions side by side")
+    with gr.Accordion("Why this token?", open=False):
+        gr.Markdown("Each generated token coloured by the probability it had in the "
+                    "distribution it was drawn from: the model's softmax after the repetition "
+                    "penalty and, when sampling, temperature, top-k and top-p.")
+        with gr.Row():
+            which = gr.Radio(list(range(1, MAX_COMPLETIONS + 1)), value=1, label="Completion")
+            why_btn = gr.Button("Why these tokens?")
+        why = gr.HighlightedText(label="Token probabilities", show_legend=True,
+                                 color_map={name: c for _, name, c in PROB_BANDS},
+                                 elem_id="gen-why")
+        alts = gr.Dataframe(headers=["#", "token", "probability", "top alternatives"],
+                            label="Top alternatives per position", wrap=True)
+    with gr.Accordion("Perplexity of a text", open=False):
+        ppl_text = gr.Textbox(label="Text to score", lines=4, max_length=common.MAX_TEXT_CHARS)
+        ppl_btn = gr.Button("Perplexity")
+        ppl_md = gr.Markdown()
+        ppl_tokens = gr.HighlightedText(label="Surprise per token (−log₂ p)", show_legend=True,
+                                        color_map={name: c for _, name, c in SURPRISE_BANDS})
 
-    fn = functools.partial(generate, engine)
     model.change(lambda k: gr.Dropdown(choices=list(REGISTRY[k].revisions), value="main"),
                  model, revision, api_visibility="private")
-    event = run.click(fn, [prompt, model, revision, temperature, top_k, top_p, rep, max_new,
-                           greedy, seed], [output, figures, banner], api_name="generate",
-                      concurrency_id="generate")
-    submit = prompt.submit(fn, [prompt, model, revision, temperature, top_k, top_p, rep,
-                                max_new, greedy, seed], [output, figures, banner],
-                           api_visibility="private", concurrency_id="generate")
+    completions.change(lambda n: [gr.Textbox(visible=i < n) for i in range(MAX_COMPLETIONS)],
+                       completions, outputs, api_visibility="private")
+    inputs = [prompt, model, revision, temperature, top_k, top_p, rep, max_new, greedy, seed,
+              completions]
+    outs = [*outputs, figures_md, banner, run_state]
+    fn = functools.partial(generate, engine)
+    event = run.click(fn, inputs, outs, api_name="generate", concurrency_id="generate")
+    submit = prompt.submit(fn, inputs, outs, api_visibility="private", concurrency_id="generate")
     stop.click(None, cancels=[event, submit], api_visibility="private")
+    why_btn.click(functools.partial(explain, engine), [run_state, which], [why, alts],
+                  api_visibility="private")
+    ppl_btn.click(functools.partial(perplexity, engine), [ppl_text, model, revision],
+                  [ppl_md, ppl_tokens], api_name="perplexity")

@@ -1,0 +1,20 @@
+"""The generation tab in headless Chromium: text streams in, Stop stops it."""
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+
+def test_prompt_streams_in_and_stop_stops_it(page):
+    page.get_by_label("Prompt").fill("A lhama é um animal")
+    page.get_by_label("Max new tokens").first.fill("1000")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#gen-output textarea').value.length > 10", timeout=30_000)
+    page.get_by_role("button", name="Stop").click()
+    page.wait_for_timeout(1500)
+    out = page.locator("#gen-output textarea")
+    stopped = out.input_value()
+    page.wait_for_timeout(1500)
+    assert stopped.strip() and out.input_value() == stopped   # nothing more arrives
+    assert len(stopped) < 20_000
