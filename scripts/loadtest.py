@@ -172,6 +172,18 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+ABOUT = """`scripts/loadtest.py` starts `python app.py --standin` on a free loopback
+port (or takes `--url` and `--pid` of a running one) and runs simultaneous
+`gradio_client` users for a bounded time. Each user loops over text
+generation (32 new tokens), chat (32 new tokens), classification (IMDB,
+HateBR and the tweet-sentiment adapter) and generations of 400 tokens
+cancelled at a random point of the stream. Every endpoint is called once and
+all users run a warm-up before the server's resident memory is read; the
+measured run follows, then memory is read again. The script exits non-zero
+on any error or on memory growth above `--max-growth-mb`.
+"""
+
+
 def report(args, command: str, stats: Stats, memory: dict, seconds: float) -> str:
     rows = ["| endpoint | requests | p50 s | p90 s | p99 s | max s |", "|---|---:|---:|---:|---:|---:|"]
     for endpoint in ("/generate", "/chat", "/classify", "cancel"):
@@ -182,8 +194,9 @@ def report(args, command: str, stats: Stats, memory: dict, seconds: float) -> st
     total = sum(map(len, stats.latency.values()))
     growth = memory["after"] - memory["before"]
     lines = [
-        f"Command: `{command}`",
-        "",
+        "# Load test", "", ABOUT,
+        f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with:", "",
+        "```bash", command, "```", "", "## Result", "",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, Python "
         f"{platform.python_version()}; server on stand-ins (`app.py --standin`), loopback only.",
         f"- {args.users} simultaneous users for {seconds:.0f} s after a {args.warmup:.0f} s warm-up; "
@@ -215,6 +228,8 @@ def main(argv=None) -> int:
     if args.url and urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         p.error("--url must be a loopback address")
     command = "python scripts/loadtest.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if os.environ.get("TTL_STANDIN_DIR"):   # which stand-ins the server used
+        command = f"TTL_STANDIN_DIR={os.environ['TTL_STANDIN_DIR']} {command}"
     proc = None
     if args.url:
         url, pid = args.url, args.pid
@@ -249,7 +264,7 @@ def main(argv=None) -> int:
     text = report(args, command, stats, memory, elapsed)
     print(text)
     if args.report:
-        args.report.write_text("# Load test\n\n" + text)
+        args.report.write_text(text)
     grew = memory["after"] - memory["before"]
     return 1 if stats.errors or grew > args.max_growth_mb else 0
 
