@@ -170,8 +170,10 @@ def build(engine) -> None:
             figures_md = gr.Markdown(elem_classes="figures", elem_id="gen-figures")
         with gr.Column(scale=2):
             model = gr.Dropdown(MODELS, value="ttl-160m", label="Model")
+            # Custom values pass Gradio's own check so that API clients can ask
+            # for any model's checkpoint; the engine refuses ones it lacks.
             revision = gr.Dropdown(list(REGISTRY["ttl-160m"].revisions), value="main",
-                                   label="Checkpoint (training step)")
+                                   label="Checkpoint (training step)", allow_custom_value=True)
             temperature = gr.Slider(0.01, 2.0, d["temperature"], step=0.01, label="Temperature")
             top_k = gr.Slider(0, 200, d["top_k"], step=1, label="Top-k (0 = off)")
             top_p = gr.Slider(0.01, 1.0, d["top_p"], step=0.01, label="Top-p")
