@@ -110,7 +110,10 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
     shown = history + [{"role": "user", "content": message},
                        {"role": "assistant", "content": ""}]
     notes = [m.notice] if m.notice else []
-    banner = lambda: gr.Markdown("\n\n".join(notes), visible=bool(notes))   # noqa: E731
+
+    def banner():   # the stand-in and missing-scorer notices gathered so far
+        return gr.Markdown("\n\n".join(notes), visible=bool(notes))
+
     texts = []
     for i, si in enumerate(bestofn.samplings(s, n)):
         head = f"*Candidate {i + 1} of {n}…*\n\n" if n > 1 else ""
