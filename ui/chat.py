@@ -77,7 +77,7 @@ def _scorer(engine, key: str, notes: list[str]):
     try:
         m = engine.load(key)
     except (ModelUnavailable, KeyError) as exc:
-        notes.append(f"⚠️ {REGISTRY[key].title} could not be loaded ({str(exc).strip()}); "
+        notes.append(f"⚠️ {str(exc).strip(chr(39) + chr(34))} Chat goes on without it: "
                      f"{WITHOUT[key]}.")
         return None
     if m.notice:
