@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from gradio_client.exceptions import AppError
 
 from inference import bestofn, chat, classification, standins
@@ -159,3 +158,27 @@ def test_chat_endpoint_answers_with_text_and_history(client):
 def test_chat_endpoint_rejects_bad_input(client, kwargs):
     with pytest.raises(AppError):
         client.predict(**{"message": "Oi", **kwargs}, api_name="/chat")
+
+
+def _chatbot(*texts):
+    """Messages as the Chatbot hands them to a handler."""
+    return [{"role": ("user", "assistant")[i % 2], "content": [{"type": "text", "text": t}]}
+            for i, t in enumerate(texts)]
+
+
+def test_regenerate_answers_the_same_question_from_that_turn(engine):
+    history = _chatbot("Oi", "Olá!", "O que é uma lhama?", "Um animal.")
+    retry = chat_tab.gr.RetryData(None, {"index": 2, "value": "O que é uma lhama?"})
+    *_, (shown, _, _) = chat_tab.regenerate(engine, history, False, 0.2, 30, 0.3, 1.2, 8, 4, 1,
+                                            retry, None)
+    assert [m["content"] for m in shown[:3]] == ["Oi", "Olá!", "O que é uma lhama?"]
+    assert len(shown) == 4 and shown[3]["role"] == "assistant"
+    direct = _run(engine, "O que é uma lhama?", max_new_tokens=8, seed=4)[0][-1]
+    assert shown[3] == direct   # same seed, same question: the same answer
+
+
+def test_undo_drops_the_exchange_and_returns_the_question():
+    history = _chatbot("Oi", "Olá!", "Tudo bem?", "Sim.")
+    data = chat_tab.gr.UndoData(None, {"index": 2, "value": "Tudo bem?"})
+    kept, question = chat_tab.undo(history, data)
+    assert [m["content"] for m in kept] == ["Oi", "Olá!"] and question == "Tudo bem?"

@@ -77,7 +77,7 @@ def _scorer(engine, key: str, notes: list[str]):
     try:
         m = engine.load(key)
     except (ModelUnavailable, KeyError) as exc:
-        notes.append(f"⚠️ {REGISTRY[key].title} could not be loaded ({str(exc).strip()}); "
+        notes.append(f"⚠️ {str(exc).strip(chr(39) + chr(34))} Chat goes on without it: "
                      f"{WITHOUT[key]}.")
         return None
     if m.notice:
@@ -111,7 +111,10 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
     shown = history + [{"role": "user", "content": message},
                        {"role": "assistant", "content": ""}]
     notes = [m.notice] if m.notice else []
-    banner = lambda: gr.Markdown("\n\n".join(notes), visible=bool(notes))   # noqa: E731
+
+    def banner():   # the stand-in and missing-scorer notices gathered so far
+        return gr.Markdown("\n\n".join(notes), visible=bool(notes))
+
     texts = []
     for i, si in enumerate(bestofn.samplings(s, n)):
         head = f"*Candidate {i + 1} of {n}…*\n\n" if n > 1 else ""
