@@ -195,3 +195,10 @@ def test_a_failing_batch_fails_every_request_and_the_next_one_runs():
     with pytest.raises(ValueError):
         b.submit("bad")
     assert b.submit("ok") == "OK"
+
+
+def test_classify_api_takes_a_pair_and_a_classifier_key(client):
+    result, _ = client.predict("Um homem canta.", "ttl-160m-faquad-nli", "Alguém canta.",
+                               api_name="/classify")
+    assert result["label"] in ("UNSUITABLE", "SUITABLE")
+    assert abs(sum(c["confidence"] for c in result["confidences"]) - 1) < 1e-4

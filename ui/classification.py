@@ -170,7 +170,7 @@ def build(engine) -> None:
     for event, api in ((run.click, dict(api_name="classify")),
                        (text.submit, dict(api_visibility="private"))):
         event(fn, [text, model, second], [labels, banner], concurrency_id="classify",
-              **api).then(free_fn, [text, model], free, api_visibility="private",
+              **api).success(free_fn, [text, model], free, api_visibility="private",
                           concurrency_id="classify")
     run_batch.click(functools.partial(classify_batch, engine), [upload, lines, model],
                     [table, chart, download, banner], api_name="classify_batch",
