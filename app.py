@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=list(DTYPES), help="env TTL_DTYPE (default auto)")
     p.add_argument("--local", action="append", default=[], metavar="KEY=DIR",
                    help="load a model from a local directory (repeatable; env TTL_LOCAL_DIRS)")
+    p.add_argument("--4bit", dest="load_in_4bit", action="store_true", default=None,
+                   help="on CUDA, load the tweet adapter's base model in 4-bit (env TTL_4BIT=1)")
     p.add_argument("--share", action="store_true", help="open a public Gradio share link")
     return p.parse_args(argv)
 
@@ -63,7 +65,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     local = parse_local_dirs(",".join(args.local)) if args.local else None
     settings = Settings.from_env(standin=args.standin, strict=args.strict, device=args.device,
-                                 dtype=args.dtype, local_dirs=local)
+                                 dtype=args.dtype, local_dirs=local,
+                                 load_in_4bit=args.load_in_4bit)
     # show_error: an API client sending a wrong type (refused by a component
     # before any handler runs) is told why, not just "Error".
     build(Engine(settings)).launch(theme=THEME, css=CSS, share=args.share,

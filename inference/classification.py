@@ -4,13 +4,14 @@ adapter (the label words scored as continuations)."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .formats import encode, encode_pair
 from .loading import Loaded
-from .registry import TWEET_SYSTEM_PROMPT
+from .batching import MicroBatcher
+from .registry import LABEL_SCORE, TWEET_SYSTEM_PROMPT
 
 
 def _pad(ids: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,3 +77,63 @@ def score_labels(m: Loaded, text: str) -> dict[str, float]:
     lp = label_logprobs(m, text)
     probs = torch.softmax(torch.tensor(list(lp.values())), 0)
     return dict(zip(lp, map(float, probs)))
+
+
+# -- free generation, micro-batching, batches ----------------------------
+
+def free_answer(m: Loaded, text: str, max_new_tokens: int = 8) -> str:
+    """What the tweet model answers when it is free to write (greedy, a few
+    tokens): the seed notes it does not reliably answer with one word."""
+    from .generation import Sampling, complete
+    ids = encode("zephyr-chat", m.tokenizer, {"system": TWEET_SYSTEM_PROMPT, "text": text})
+    s = Sampling.from_defaults(m.spec.defaults, max_new_tokens=max_new_tokens,
+                               do_sample=False, repetition_penalty=1.0)
+    return complete(m, ids, s).strip()
+
+
+def batcher(m: Loaded) -> MicroBatcher:
+    """The model's micro-batcher (one per loaded model, kept with it)."""
+    if "batcher" not in m.extras:
+        run = (lambda rows: [score_labels(m, r["text"]) for r in rows]) \
+            if m.spec.task == LABEL_SCORE else (lambda rows: classify(m, rows))
+        m.extras.setdefault("batcher", MicroBatcher(run))
+    return m.extras["batcher"]
+
+
+def classify_one(m: Loaded, fields: Mapping[str, str]) -> dict[str, float]:
+    """One request's label probabilities; requests arriving together are
+    run as one padded batch."""
+    return batcher(m).submit(dict(fields))
+
+
+MAX_ROW_CHARS = 20_000   # as the single-text box
+BATCH_CHUNK = 16
+
+
+def row_error(m: Loaded, fields: Mapping[str, str]) -> str | None:
+    """Why a batch row cannot be classified, or None."""
+    for name in m.spec.inputs:
+        value = fields.get(name)
+        if not isinstance(value, str) or not value.strip():
+            return f"empty {name}"
+        if len(value) > MAX_ROW_CHARS:
+            return f"{name} too long ({len(value):,} characters; limit {MAX_ROW_CHARS:,})"
+    return None
+
+
+def classify_rows(m: Loaded, rows: Sequence[Mapping[str, str]],
+                  progress: Callable[[int, int], None] = lambda done, total: None,
+                  ) -> list[dict[str, float] | str]:
+    """Label probabilities for each row, or the reason the row was skipped.
+    Bad rows are reported, never abort the batch; good rows run in chunks."""
+    out: list[dict[str, float] | str] = [row_error(m, r) or "" for r in rows]
+    good = [i for i, err in enumerate(out) if not err]
+    for start in range(0, len(good), BATCH_CHUNK):
+        idx = good[start:start + BATCH_CHUNK]
+        chunk = [rows[i] for i in idx]
+        probs = ([score_labels(m, r["text"]) for r in chunk] if m.spec.task == LABEL_SCORE
+                 else classify(m, chunk))
+        for i, p in zip(idx, probs):
+            out[i] = p
+        progress(min(start + BATCH_CHUNK, len(good)), len(good))
+    return out

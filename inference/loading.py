@@ -65,6 +65,9 @@ class Settings:
     standin_dir: str | None = None
     full_size_standins: bool = False
     hub_probe_timeout: float = 3.0
+    # 4-bit (bitsandbytes NF4) loading of the adapter models, as in the tweet
+    # adapter's QLoRA training (seed 002). CUDA only; elsewhere it is ignored.
+    load_in_4bit: bool = False
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -75,6 +78,7 @@ class Settings:
             strict=_env_flag("TTL_STRICT"),
             local_dirs=parse_local_dirs(os.environ.get("TTL_LOCAL_DIRS", "")),
             standin_dir=os.environ.get("TTL_STANDIN_DIR") or None,
+            load_in_4bit=_env_flag("TTL_4BIT"),
         )
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
@@ -101,6 +105,8 @@ class Loaded:
     # One generation at a time per model: a small CPU is not oversubscribed
     # and per-request seeds stay reproducible. Other models run alongside.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Per-model helpers that live as long as the model (e.g. a micro-batcher).
+    extras: dict = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -255,13 +261,18 @@ class Engine:
             faults.check_directory(_model_class(spec), where)
         # trust_remote_code is never passed: only the registry's stock classes load.
         tokenizer = AutoTokenizer.from_pretrained(where, **hub)
+        quantized = bool(adapter) and self.settings.load_in_4bit and self.device.type == "cuda"
         model = _model_class(spec).from_pretrained(
-            where, **hub, **_placement_kwargs(self.device, self.dtype))
+            where, **hub, **_placement_kwargs(self.device, self.dtype),
+            **(_four_bit_kwargs(self.dtype) if quantized else {}))
         if self.device.type != "cuda":
             model.to(self.device)
         if adapter:
             from peft import PeftModel
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            model = PeftModel.from_pretrained(model, adapter)
+            # Merging into 4-bit weights would round the adapter away: keep it separate.
+            model = model if quantized else model.merge_and_unload()
+            source += " (4-bit)" if quantized else ""
             source += f" + adapter {adapter}"
         model.eval()
         # The published TeenyTinyLlama and Aira configs say use_cache false and
@@ -285,6 +296,12 @@ class Engine:
                 f"no LoRA adapter is configured for {spec.title}.",
                 f"Set {spec.adapter_setting} to the adapter's hub id or local directory.")
         return adapter
+
+
+def _four_bit_kwargs(dtype: torch.dtype) -> dict:
+    from transformers import BitsAndBytesConfig
+    return {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)}
 
 
 def _placement_kwargs(device: torch.device, dtype: torch.dtype) -> dict:

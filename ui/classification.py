@@ -1,23 +1,42 @@
 """Classification tab: TeenyTinyLlama's fine-tuned classifiers and the
-TinyLlama tweet-sentiment adapter."""
+TinyLlama tweet-sentiment adapter, one text at a time or in batches."""
 
 from __future__ import annotations
 
 import functools
+import tempfile
+from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 
 from inference import classification
 from inference.registry import CLASSIFY, LABEL_SCORE, REGISTRY, by_task
 
 from . import common
 
-# The TeenyTinyLlama-160m-IMDB card's two examples.
+# Examples per task: (first text, second text, classifier). The IMDB pair is
+# the TeenyTinyLlama-160m-IMDB card's own.
 EXAMPLES = [
-    "Esqueceram de mim 2 é um dos melhores filmes de natal de todos os tempos.",
-    "Esqueceram de mim 2 é o pior filme da franquia inteira.",
+    ["Esqueceram de mim 2 é um dos melhores filmes de natal de todos os tempos.", "",
+     "ttl-160m-imdb"],
+    ["Esqueceram de mim 2 é o pior filme da franquia inteira.", "", "ttl-160m-imdb"],
+    ["Que comentário respeitoso e bem argumentado, parabéns.", "", "ttl-160m-hatebr"],
+    ["Seleção brasileira vence a Argentina nas eliminatórias",
+     "Com gol no fim do segundo tempo, o Brasil venceu por 1 a 0 e segue na liderança.",
+     "ttl-160m-agnews"],
+    ["Qual é a capital do Brasil?", "A capital do Brasil é Brasília.", "ttl-160m-faquad-nli"],
+    ["Um homem está tocando violão.", "Um homem está tocando um instrumento.",
+     "ttl-160m-assin2"],
+    ["Just got my dream job, what a day!", "", "tinyllama-tweet"],
 ]
 MODELS = [(s.title, s.key) for s in by_task(CLASSIFY, LABEL_SCORE)]
+FIELD_LABELS = {"text": "Text", "title": "Title", "question": "Question",
+                "answer": "Answer", "premise": "Premise", "hypothesis": "Hypothesis"}
+
+MAX_UPLOAD_BYTES = 1_000_000   # ~1 MB of CSV: a demo batch, not a dataset
+MAX_BATCH_ROWS = 1000
+UPLOAD_TYPES = (".csv", ".txt")
 
 
 @common.engine_errors
@@ -25,17 +44,85 @@ def classify(engine, text, model_key="ttl-160m-imdb", second_text="",
              progress=gr.Progress(track_tqdm=True)):
     """Label probabilities for `text` (and `second_text` for the pair tasks:
     AgNews title/text, FaQuAD-NLI question/answer, Assin2 premise/hypothesis)."""
-    common.check_key(model_key, CLASSIFY, LABEL_SCORE)
-    m = common.load(engine, model_key, progress=progress)
-    fields = m.spec.inputs
-    values = [common.check_text(text, fields[0])]
+    fields = common.check_key(model_key, CLASSIFY, LABEL_SCORE).inputs
+    values = [common.check_text(text, FIELD_LABELS[fields[0]].lower())]
     if len(fields) > 1:
-        values.append(common.check_text(second_text, fields[1]))
-    if m.spec.task == LABEL_SCORE:
-        probs = classification.score_labels(m, values[0])
-    else:
-        probs = classification.classify(m, [dict(zip(fields, values))])[0]
+        values.append(common.check_text(second_text, FIELD_LABELS[fields[1]].lower()))
+    m = common.load(engine, model_key, progress=progress)
+    probs = classification.classify_one(m, dict(zip(fields, values)))
     return probs, common.notice(m)
+
+
+def free_answer(engine, text, model_key):
+    """The tweet model's own words for the same prompt (greedy, a few tokens)."""
+    if model_key != "tinyllama-tweet":
+        return gr.Textbox(visible=False)
+    m = common.load(engine, model_key)
+    return gr.Textbox(classification.free_answer(m, common.check_text(text, "tweet")),
+                      visible=True)
+
+
+def read_rows(spec, file, lines) -> list[dict]:
+    """Rows from an uploaded CSV (columns named as the inputs, or the first
+    columns in order) or from pasted text (one row a line; pair tasks put a
+    tab between the two texts)."""
+    fields = spec.inputs
+    if file:
+        path = Path(file)
+        if path.suffix.lower() not in UPLOAD_TYPES:
+            raise gr.Error("Upload a .csv or .txt file.", title="Unsupported file")
+        if path.stat().st_size > MAX_UPLOAD_BYTES:
+            raise gr.Error(f"The file is {path.stat().st_size:,} bytes; the limit is "
+                           f"{MAX_UPLOAD_BYTES:,}.", title="File too large")
+        if path.suffix.lower() == ".txt":
+            return read_rows(spec, None, path.read_text(encoding="utf-8", errors="replace"))
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except Exception as exc:
+            raise gr.Error(f"The CSV could not be read: {exc}", title="Bad CSV") from None
+        cols = ([f for f in fields] if all(f in df.columns for f in fields)
+                else list(df.columns[:len(fields)]))
+        if len(cols) < len(fields):
+            raise gr.Error(f"The CSV needs the columns {', '.join(fields)}.", title="Bad CSV")
+        rows = [dict(zip(fields, r)) for r in df[cols].itertuples(index=False)]
+    else:
+        if lines is not None and not isinstance(lines, str):
+            raise gr.Error("The texts must be text.")
+        rows = [dict(zip(fields, line.split("\t", len(fields) - 1)))
+                for line in (lines or "").splitlines()]
+        while rows and not any(v.strip() for v in rows[-1].values()):
+            rows.pop()   # a trailing blank line is not a row
+    if not rows:
+        raise gr.Error("Upload a CSV or paste one text per line.", title="Nothing to do")
+    if len(rows) > MAX_BATCH_ROWS:
+        raise gr.Error(f"{len(rows):,} rows; the limit is {MAX_BATCH_ROWS:,}.",
+                       title="Too many rows")
+    return rows
+
+
+def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
+    """A table with label and probabilities per row (or why the row was
+    skipped), the label distribution, and the table as CSV."""
+    spec = common.check_key(model_key, CLASSIFY, LABEL_SCORE)
+    rows = read_rows(spec, file, lines)
+    m = common.load(engine, model_key, progress=progress)
+    results = classification.classify_rows(
+        m, rows, progress=lambda done, total: progress(done / total, desc=f"{done}/{total} rows"))
+    table = []
+    for i, (row, res) in enumerate(zip(rows, results), 1):
+        out = {"row": i, **{f: str(row.get(f, ""))[:200] for f in spec.inputs}}
+        if isinstance(res, dict):
+            out.update(label=max(res, key=res.get), **{l: round(p, 4) for l, p in res.items()},
+                       error="")
+        else:
+            out.update(label="", **{l: None for l in spec.labels}, error=res)
+        table.append(out)
+    df = pd.DataFrame(table)
+    counts = (df[df.label != ""].label.value_counts().reindex(spec.labels, fill_value=0)
+              .rename_axis("label").reset_index(name="rows"))
+    path = Path(tempfile.mkdtemp()) / f"{model_key}-results.csv"
+    df.to_csv(path, index=False)
+    return df, counts, gr.File(str(path), visible=True), common.notice(m)
 
 
 def build(engine) -> None:
@@ -43,23 +130,43 @@ def build(engine) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             model = gr.Dropdown(MODELS, value="ttl-160m-imdb", label="Classifier")
-            text = gr.Textbox(label="Text", lines=4, value=EXAMPLES[0],
+            text = gr.Textbox(label="Text", lines=4, value=EXAMPLES[0][0],
                               max_length=common.MAX_TEXT_CHARS)
             second = gr.Textbox("", label="Second text", lines=2, visible=False,
                                 max_length=common.MAX_TEXT_CHARS)
             run = gr.Button("Classify", variant="primary")
-            gr.Examples(EXAMPLES, inputs=text, label="Examples from the IMDB model card")
+            gr.Examples(EXAMPLES, inputs=[text, second, model], label="Examples per task")
         with gr.Column(scale=2):
             labels = gr.Label(label="Label probabilities", num_top_classes=4)
+            free = gr.Textbox(label="What free generation answered (greedy, 8 tokens)",
+                              visible=False, interactive=False)
+    with gr.Accordion("Batch: a CSV or one text per line", open=False):
+        with gr.Row():
+            upload = gr.File(label="CSV (columns named as the inputs) or .txt, up to 1 MB",
+                             file_types=list(UPLOAD_TYPES), type="filepath")
+            lines = gr.Textbox(label="Or paste one text per line (pair tasks: a tab "
+                               "between the two texts)", lines=5,
+                               max_length=MAX_UPLOAD_BYTES)
+        run_batch = gr.Button("Classify all")
+        table = gr.Dataframe(label="Results", interactive=False)
+        with gr.Row():
+            chart = gr.BarPlot(x="label", y="rows", title="Label distribution")
+            download = gr.File(label="Download results", visible=False)
 
     def relabel(key):
         fields = REGISTRY[key].inputs
-        return (gr.Textbox(label=fields[0].capitalize()),
-                gr.Textbox(label=fields[-1].capitalize(), visible=len(fields) > 1))
+        return (gr.Textbox(label=FIELD_LABELS[fields[0]]),
+                gr.Textbox(label=FIELD_LABELS[fields[-1]], visible=len(fields) > 1),
+                gr.Textbox(visible=False))
 
-    model.change(relabel, model, [text, second], api_visibility="private")
+    model.change(relabel, model, [text, second, free], api_visibility="private")
     fn = functools.partial(classify, engine)
-    run.click(fn, [text, model, second], [labels, banner], api_name="classify",
-              concurrency_id="classify")
-    text.submit(fn, [text, model, second], [labels, banner], api_visibility="private",
-                concurrency_id="classify")
+    free_fn = functools.partial(free_answer, engine)
+    for event, api in ((run.click, dict(api_name="classify")),
+                       (text.submit, dict(api_visibility="private"))):
+        event(fn, [text, model, second], [labels, banner], concurrency_id="classify",
+              **api).success(free_fn, [text, model], free, api_visibility="private",
+                          concurrency_id="classify")
+    run_batch.click(functools.partial(classify_batch, engine), [upload, lines, model],
+                    [table, chart, download, banner], api_name="classify_batch",
+                    concurrency_id="classify")
