@@ -10,8 +10,13 @@ def test_named_endpoints(client):
 
 
 def test_generate_endpoint_returns_text_and_figures(client):
-    text, figures, _ = client.predict("A lhama é", api_name="/generate")
-    assert text.strip() and "prompt tokens" in figures
+    text, *others, figures, _ = client.predict("A lhama é", api_name="/generate")
+    assert text.strip() and others == ["", "", ""] and "prompt tokens" in figures
+
+
+def test_generate_endpoint_answers_an_empty_prompt_with_a_message(client):
+    *texts, figures, _ = client.predict("   ", api_name="/generate")
+    assert texts == ["", "", "", ""] and "Type a prompt" in figures
 
 
 def test_chat_endpoint_answers(client):
@@ -25,10 +30,10 @@ def test_classify_endpoint_returns_label_probabilities(client):
     assert abs(sum(c["confidence"] for c in result["confidences"]) - 1) < 1e-4
 
 
-@pytest.mark.parametrize("args", [("   ",), ("x", "ttl-160m", "main", -1.0),
+@pytest.mark.parametrize("args", [("x", "ttl-160m", "main", -1.0),
                                   ("x", "no-such-model")])
 def test_bad_input_gets_a_message_and_the_next_request_works(client, args):
     with pytest.raises(AppError):
         client.predict(*args, api_name="/generate")
-    text, _, _ = client.predict("A lhama", api_name="/generate")
+    text, *_ = client.predict("A lhama", api_name="/generate")
     assert text

@@ -1,5 +1,7 @@
 """The generation tab in headless Chromium: text streams in, Stop stops it."""
 
+import re
+
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -17,4 +19,5 @@ def test_prompt_streams_in_and_stop_stops_it(page):
     stopped = out.input_value()
     page.wait_for_timeout(1500)
     assert stopped.strip() and out.input_value() == stopped   # nothing more arrives
-    assert len(stopped) < 20_000
+    new = int(re.search(r"(\d+) new tokens", page.locator("#gen-figures").inner_text()).group(1))
+    assert 0 < new < 1000                                       # stopped before the end

@@ -57,7 +57,7 @@ def _count(n) -> int:
     return int(n)
 
 
-def figures(m, prompt_tokens: int, dropped: int, runs: list[dict], done: bool) -> str:
+def figures(m, prompt_tokens: int, dropped: int, runs: list[dict]) -> str:
     """The line under the outputs: sizes, speed, device. Token counts come
     from the generated ids, not from re-tokenizing the text."""
     new = sum(len(r["ids"]) for r in runs)
@@ -67,9 +67,8 @@ def figures(m, prompt_tokens: int, dropped: int, runs: list[dict], done: bool) -
     rate = f"**{decoded / decode_s:.1f}** tokens/s" if decode_s > 0 and decoded else "– tokens/s"
     cut = (f"⚠️ The prompt was cut by **{dropped}** tokens from the left to fit the "
            f"{m.spec.max_input_tokens}-token context. ") if dropped else ""
-    state = "" if done else "Generating… "
     ttft = f"**{first:.2f} s**" if first is not None else "–"
-    return (f"{cut}{state}**{prompt_tokens}** prompt tokens · **{new}** new tokens · "
+    return (f"{cut}**{prompt_tokens}** prompt tokens · **{new}** new tokens · "
             f"first token after {ttft} · {rate} · {m.label}")
 
 
@@ -107,8 +106,8 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
                 r["first"] = r["first"] if r["first"] is not None else now - start
                 r["ids"], r["end"] = new_ids, now - start
                 texts[i] += piece
-                yield *texts, figures(m, len(ids), dropped, runs, False), banner, run
-    yield *texts, figures(m, len(ids), dropped, runs, True), banner, run
+                yield *texts, figures(m, len(ids), dropped, runs), banner, run
+    yield *texts, figures(m, len(ids), dropped, runs), banner, run
 
 
 def explain(engine, run, which=1):
