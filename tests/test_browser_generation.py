@@ -40,4 +40,3 @@ def test_two_completions_side_by_side_then_why_and_perplexity(page):
     page.get_by_label("Text to score").fill("A lhama é um animal dos Andes.")
     page.get_by_role("button", name="Perplexity", exact=True).click()
     page.wait_for_selector("text=/Perplexity \\d/", timeout=30_000)
-    page.screenshot(path="/tmp/gen-tab.png", full_page=True)
