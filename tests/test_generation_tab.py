@@ -148,3 +148,11 @@ def test_api_generate_streams_the_same_output(client):
     final = job.result()
     assert final[0] and final[0] == final[1] and "new tokens" in final[4]
     assert len(job.outputs()) > 2
+
+
+def test_a_random_seed_is_shown_and_reproduces_the_text(engine):
+    args = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=15)
+    out = last(tab.generate(engine, "A lhama", seed=-1, **args))   # the page's "random"
+    seed = int(out[4].rsplit("seed ", 1)[1])
+    again = last(tab.generate(engine, "A lhama", seed=seed, **args))
+    assert again[0] == out[0] and f"seed {seed}" in again[4]

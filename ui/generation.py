@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 import time
 
 import gradio as gr
@@ -57,7 +58,7 @@ def _count(n) -> int:
     return int(n)
 
 
-def figures(m, prompt_tokens: int, dropped: int, runs: list[dict], done: bool) -> str:
+def figures(m, prompt_tokens: int, dropped: int, runs: list[dict]) -> str:
     """The line under the outputs: sizes, speed, device. Token counts come
     from the generated ids, not from re-tokenizing the text."""
     new = sum(len(r["ids"]) for r in runs)
@@ -67,10 +68,11 @@ def figures(m, prompt_tokens: int, dropped: int, runs: list[dict], done: bool) -
     rate = f"**{decoded / decode_s:.1f}** tokens/s" if decode_s > 0 and decoded else "– tokens/s"
     cut = (f"⚠️ The prompt was cut by **{dropped}** tokens from the left to fit the "
            f"{m.spec.max_input_tokens}-token context. ") if dropped else ""
-    state = "" if done else "Generating… "
     ttft = f"**{first:.2f} s**" if first is not None else "–"
-    return (f"{cut}{state}**{prompt_tokens}** prompt tokens · **{new}** new tokens · "
-            f"first token after {ttft} · {rate} · {m.label}")
+    seeds = ", ".join(str(r["sampling"].seed) for r in runs) if runs and runs[0]["sampling"].do_sample \
+        else "greedy"
+    return (f"{cut}**{prompt_tokens}** prompt tokens · **{new}** new tokens · "
+            f"first token after {ttft} · {rate} · {m.label} · seed {seeds}")
 
 
 @common.engine_errors
@@ -88,7 +90,12 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
         yield *[""] * MAX_COMPLETIONS, "✍️ Type a prompt to start.", gr.Markdown(visible=False), None
         return
     m = common.load(engine, model_key, revision, progress)
+    # A Number field cannot be left empty in the page: -1 stands for "random".
+    seed = None if seed == -1 else seed
     s = _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed)
+    if s.seed is None and s.do_sample:
+        # Draw the seed here so that the figures can show it: any output can be reproduced.
+        s = generation.Sampling(**{**s.__dict__, "seed": random.randrange(generation.MAX_SEED)})
     ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
     ids, dropped = generation.fit_context(ids, m.spec.max_input_tokens, s.max_new_tokens,
                                           keep_first=1)
@@ -109,8 +116,8 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
                 r["first"] = r["first"] if r["first"] is not None else now - start
                 r["ids"], r["end"] = new_ids, now - start
                 texts[i] += piece
-                yield *texts, figures(m, len(ids), dropped, runs, False), banner, run
-    yield *texts, figures(m, len(ids), dropped, runs, True), banner, run
+                yield *texts, figures(m, len(ids), dropped, runs), banner, run
+    yield *texts, figures(m, len(ids), dropped, runs), banner, run
 
 
 @common.engine_errors
@@ -181,8 +188,8 @@ def build(engine) -> None:
             max_new = gr.Slider(1, generation.MAX_NEW_TOKENS_CAP, d["max_new_tokens"], step=1,
                                 label="Max new tokens")
             greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
-            seed = gr.Number(None, precision=0, minimum=0, maximum=generation.MAX_SEED,
-                             label="Seed (empty = random; completion k uses seed + k − 1)")
+            seed = gr.Number(-1, precision=0, minimum=-1, maximum=generation.MAX_SEED,
+                             label="Seed (−1 = random; completion k uses seed + k − 1)")
             completions = gr.Radio(list(range(1, MAX_COMPLETIONS + 1)), value=1,
                                    label="Completions side by side")
     with gr.Accordion("Why this token?", open=False):
