@@ -54,7 +54,8 @@ class Sampling:
             return int(v) if integer else float(v)
 
         seed = self.seed
-        if seed is not None and seed != "":
+        # None, "" and -1 mean "random": a Number field in the page cannot be empty.
+        if seed is not None and seed != "" and seed != -1:
             seed = number("seed", 0, MAX_SEED, integer=True)
         else:
             seed = None

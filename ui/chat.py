@@ -200,8 +200,8 @@ def build(engine) -> None:
             top_p = gr.Slider(0.01, 1.0, d["top_p"], step=0.01, label="Top-p")
             rep = gr.Slider(1.0, 2.0, d["repetition_penalty"], step=0.05, label="Repetition penalty")
             max_new = gr.Slider(1, 512, d["max_new_tokens"], step=1, label="Max new tokens")
-            seed = gr.Number(None, precision=0, minimum=0, maximum=generation.MAX_SEED,
-                             label="Seed (empty = random)")
+            seed = gr.Number(-1, precision=0, minimum=-1, maximum=generation.MAX_SEED,
+                             label="Seed (−1 = random)")
 
     settings = [use_history, temperature, top_k, top_p, rep, max_new, seed, n]
     outputs = [bot, banner, table]

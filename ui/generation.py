@@ -90,8 +90,6 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
         yield *[""] * MAX_COMPLETIONS, "✍️ Type a prompt to start.", gr.Markdown(visible=False), None
         return
     m = common.load(engine, model_key, revision, progress)
-    # A Number field cannot be left empty in the page: -1 stands for "random".
-    seed = None if seed == -1 else seed
     s = _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed)
     if s.seed is None and s.do_sample:
         # Draw the seed here so that the figures can show it: any output can be reproduced.
