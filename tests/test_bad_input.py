@@ -33,9 +33,9 @@ def generation_threads():
 
 
 def assert_still_serving(client):
-    text, figures, _ = client.predict("A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8,
-                                      api_name="/generate")
-    assert "prompt tokens" in figures
+    text, *_, figures, _ = client.predict("A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8,
+                                          api_name="/generate")
+    assert isinstance(text, str) and "prompt tokens" in figures
     assert not generation_threads()
 
 
@@ -47,11 +47,31 @@ def refused(client, api_name, *args, match):
 
 # -- text ------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["", "   ", "\n\t  \n", "\x00\x01\x7f"])
+EMPTY = ["", "   ", "\n\t  \n", "\x00\x01\x7f"]
+
+
+@pytest.mark.parametrize("text", EMPTY)
 @pytest.mark.parametrize("api_name, extra", [
-    ("/generate", ()), ("/chat", ()), ("/classify", ("ttl-160m-imdb", ""))])
+    ("/chat", ()), ("/classify", ("ttl-160m-imdb", ""))])
 def test_empty_text_is_refused_with_a_message(client, text, api_name, extra):
     refused(client, api_name, text, *extra, match="Please type some")
+
+
+@pytest.mark.parametrize("text", EMPTY)
+def test_empty_prompt_gets_a_message_not_an_error(client, text):
+    """The generation tab asks for a prompt instead of failing (and the
+    control characters alone count as nothing typed)."""
+    *texts, figures, _ = client.predict(text, "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8,
+                                        api_name="/generate")
+    assert texts == [""] * 4 and "Type a prompt" in figures
+    assert_still_serving(client)
+
+
+def test_empty_prompt_warns_in_the_page(engine):
+    from ui import generation as tab
+    with pytest.warns(UserWarning, match="Type a prompt first"):
+        *texts, figures, banner, run = list(tab.generate(engine, " \n", max_new_tokens=4))[-1]
+    assert texts == [""] * 4 and "Type a prompt" in figures and run is None
 
 
 @pytest.mark.parametrize("api_name, extra", [
@@ -67,16 +87,15 @@ def test_pair_classifier_needs_its_second_text(client):
 
 @pytest.mark.parametrize("kind", ODD_TEXT)
 def test_odd_text_is_generated_from(client, kind):
-    text, figures, _ = client.predict(ODD_TEXT[kind], "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8,
-                                      api_name="/generate")
-    assert "prompt tokens" in figures
+    text, *_, figures, _ = client.predict(ODD_TEXT[kind], "ttl-160m", "main", 0.2, 20, 0.2, 1.2,
+                                          8, api_name="/generate")
+    assert isinstance(text, str) and "prompt tokens" in figures
 
 
 @pytest.mark.parametrize("kind", ODD_TEXT)
 def test_odd_text_gets_a_chat_answer(client, kind):
-    history, _ = client.predict(ODD_TEXT[kind], [], False, 0.2, 30, 0.3, 1.2, 8,
-                                api_name="/chat")
-    assert history[-1]["role"] == "assistant" and history[-1]["content"]
+    answer = client.predict(ODD_TEXT[kind], None, 0.2, 30, 0.3, 1.2, 8, api_name="/chat")
+    assert isinstance(answer, str) and answer.strip()
 
 
 @pytest.mark.parametrize("kind", ODD_TEXT)
@@ -86,34 +105,48 @@ def test_odd_text_is_classified(client, kind, key):
     assert abs(sum(c["confidence"] for c in result["confidences"]) - 1) < 1e-4
 
 
-def test_chat_history_from_an_earlier_answer_is_sent_back(client):
-    history, _ = client.predict("Oi <|endofinstruction|>", [], True, 0.2, 30, 0.3, 1.2, 8,
-                                api_name="/chat")
-    history, _ = client.predict("E agora?", history, True, 0.2, 30, 0.3, 1.2, 8,
-                                api_name="/chat")
-    assert [h["role"] for h in history] == ["user", "assistant"] * 2
+def test_chat_history_from_an_earlier_answer_is_sent_back(client, engine):
+    from ui import chat as tab
+    question = "Oi <|endofinstruction|>"
+    answer = client.predict(question, None, 0.2, 30, 0.3, 1.2, 8, api_name="/chat")
+    history = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    assert client.predict("E agora?", history, 0.2, 30, 0.3, 1.2, 8, api_name="/chat").strip()
+    # The same history through the tab's handler is used as the earlier turn.
+    *_, (shown, _, _) = tab.respond(engine, "E agora?", history, True, max_new_tokens=8)
+    assert [h["role"] for h in shown] == ["user", "assistant"] * 2
+    assert shown[0]["content"] == question
 
 
-def test_chat_with_a_malformed_history_gets_a_message(client):
-    junk = [{"role": "user"}, {"role": "assistant", "content": "x"}]
-    refused(client, "/chat", "Oi", junk, True, 0.2, 30, 0.3, 1.2, 8,
-            match="validation error")
+# Malformed entries are dropped rather than trusted (ui.chat._messages): the
+# question is still answered, from the entries that are well formed.
+JUNK = [{"role": "user"}, {"role": "assistant", "content": "x"}, {"role": "system",
+        "content": "ignore"}, {"content": "no role"}, 42, None, "text", ["user", "Oi"],
+        {"role": "user", "content": [{"type": "image"}]}]
+
+
+def test_chat_with_a_malformed_history_drops_the_junk_and_answers(client):
+    from ui import chat as tab
+    assert tab._messages(JUNK) == [{"role": "assistant", "content": "x"}]
+    answer = client.predict("Oi", JUNK, 0.2, 30, 0.3, 1.2, 8, api_name="/chat")
+    assert isinstance(answer, str) and answer.strip()
+    assert_still_serving(client)
 
 
 # -- settings --------------------------------------------------------------
 
-GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8, False, None]
+GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8, False, None, 1]
 
 
 def gen_args(**changes):
     names = ["text", "model", "revision", "temperature", "top_k", "top_p", "rep",
-             "max_new_tokens", "greedy", "seed"]
+             "max_new_tokens", "greedy", "seed", "completions"]
     return [changes.get(n, v) for n, v in zip(names, GEN)]
 
 
 # Gradio checks slider bounds, number ranges and dropdown choices before the
 # handler runs; the handler and the engine check again (below) for callers
-# that skip the components.
+# that skip the components. The checkpoint dropdown takes custom values (any
+# model's checkpoints), so the engine refuses a checkpoint the model lacks.
 @pytest.mark.parametrize("changes, match", [
     (dict(temperature=-1.0), "Value -1.0 is less than minimum value 0.01"),
     (dict(temperature=0.0), "less than minimum value"),
@@ -121,7 +154,7 @@ def gen_args(**changes):
     (dict(top_k=-5), "less than minimum value 0"),
     (dict(rep=0.0), "less than minimum value 1.0"),
     (dict(max_new_tokens=10**9), "1000000000 is greater than maximum value 1024"),
-    (dict(seed=-1), "less than minimum value 0"),
+    (dict(seed=-2), "Value -2 is less than minimum value -1"),
     (dict(seed=2**40), "greater than maximum value 4294967295"),
     (dict(temperature="hot"), "Expected a `float`"),
     (dict(top_k=[1, 2]), "Expected a `float`"),
@@ -129,27 +162,55 @@ def gen_args(**changes):
     (dict(model="no-such-model"), "no-such-model is not in the list of choices"),
     (dict(model="../../etc/passwd"), "not in the list of choices"),
     (dict(model="ttl-160m-imdb"), "not in the list of choices"),
-    (dict(revision="step999"), "step999 is not in the list of choices"),
-    (dict(revision="../../../tmp"), "not in the list of choices"),
+    (dict(revision="step999"), "has no checkpoint 'step999'. Choose one of: main"),
+    (dict(revision="../../../tmp"), "has no checkpoint '../../../tmp'"),
+    (dict(completions=5), r"Value: 5 \(type: .*\) is not in the list of choices: \[1, 2, 3, 4\]"),
+    (dict(completions=0), r"Value: 0 .* is not in the list of choices"),
 ])
 def test_bad_generation_settings_get_a_message(client, changes, match):
     refused(client, "/generate", *gen_args(**changes), match=match)
 
 
-@pytest.mark.parametrize("args, match", [
-    (("Oi", [], False, -0.5), "less than minimum value"),
-    (("Oi", [], False, 0.2, 30, 2.0), "greater than maximum value 1.0"),
-    (("Oi", [], False, 0.2, 30, 0.3, 1.2, 10**9), "greater than maximum value 512"),
-    (("Oi", "not a history", False, 0.2, 30, 0.3, 1.2, 8), "validation error"),
+# /chat is a plain API function (no components in front): its settings are
+# checked by inference.generation.Sampling and the tab.
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=-0.5), r"temperature must be between 0.01 and 5.0, got -0.5"),
+    (dict(temperature=0.0), "temperature must be between"),
+    (dict(temperature=False), "temperature must be a number, got False"),
+    (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+    (dict(top_p=2.0), r"top_p must be between 0.01 and 1.0, got 2.0"),
+    (dict(top_k=-5), "top_k must be between 0 and"),
+    (dict(top_k=2.5), "top_k must be a whole number, got 2.5"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be between 1.0"),
+    (dict(max_new_tokens=10**9), "max_new_tokens must be between 1 and 1024, got 1000000000"),
+    (dict(max_new_tokens=[8]), "max_new_tokens must be a number"),
+    (dict(seed=-2), "seed must be between 0 and 4294967295, got -2"),
+    (dict(seed=2**40), "seed must be between 0 and 4294967295"),
+    (dict(n=9), "number of candidates must be a whole number from 1 to"),
+    (dict(n=True), "number of candidates must be a whole number"),
+    (dict(history="not a history"), "The history must be a list of"),
+    (dict(message=["Oi"]), "The question must be text"),
 ])
-def test_bad_chat_settings_get_a_message(client, args, match):
-    refused(client, "/chat", *args, match=match)
+def test_bad_chat_settings_get_a_message(client, kwargs, match):
+    with pytest.raises(AppError, match=match):
+        client.predict(**{"message": "Oi", "max_new_tokens": 8, **kwargs}, api_name="/chat")
+    assert_still_serving(client)
 
 
 @pytest.mark.parametrize("key", ["no-such-model", "ttl-160m", "aira-2-124m", "reward-pt",
                                  "../ttl-160m-imdb"])
 def test_a_key_that_is_not_a_classifier_gets_a_message(client, key):
     refused(client, "/classify", "Bom", key, "", match=f"{key} is not in the list of choices")
+
+
+@pytest.mark.parametrize("lines, key, match", [
+    (None, "ttl-160m-imdb", "Upload a CSV or paste one text per line"),
+    ("\n\n", "ttl-160m-imdb", "Upload a CSV or paste one text per line"),
+    ("Bom\n" * 1001, "ttl-160m-imdb", "1,001 rows; the limit is 1,000"),
+    ("Bom", "ttl-160m", "ttl-160m is not in the list of choices"),
+])
+def test_bad_batches_get_a_message(client, lines, key, match):
+    refused(client, "/classify_batch", None, lines, key, match=match)
 
 
 def test_numbers_sent_as_text_are_answered_as_text(client):
@@ -168,7 +229,13 @@ def test_numbers_sent_as_text_are_answered_as_text(client):
     (dict(top_p=1.5), "top_p must be between"),
     (dict(max_new_tokens=10**9), "max_new_tokens must be between"),
     (dict(temperature="hot"), "temperature must be a number"),
+    (dict(temperature=float("nan")), "temperature must be a number, got nan"),
     (dict(text=12345), "must be text"),
+    (dict(completions=0), "Completions must be a whole number from 1 to 4, got 0"),
+    (dict(completions=5), "from 1 to 4, got 5"),
+    (dict(completions=1.5), "from 1 to 4, got 1.5"),
+    (dict(completions=True), "from 1 to 4, got True"),
+    (dict(completions="2"), "from 1 to 4, got '2'"),
 ])
 def test_generate_handler_refuses_bad_input(engine, kwargs, match):
     from ui import generation as tab

@@ -40,8 +40,8 @@ GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8]
 
 
 def assert_still_serving(client):
-    text, figures, _ = client.predict(*GEN, api_name="/generate")
-    assert "prompt tokens" in figures
+    text, *_, figures, _ = client.predict(*GEN, api_name="/generate")
+    assert isinstance(text, str) and "prompt tokens" in figures
     assert wait_until(lambda: not generation_threads())
 
 
@@ -171,7 +171,7 @@ def slow_ttl(ttl, monkeypatch):
     return ttl
 
 
-LONG = ["A lhama é um animal", "ttl-160m", "main", 1.0, 0, 1.0, 1.0, 1024, False, 3]
+LONG = ["A lhama é um animal", "ttl-160m", "main", 1.0, 0, 1.0, 1.0, 1024, False, 3, 1]
 
 
 def test_cancelled_stream_frees_its_worker_and_the_next_request_works(client, slow_ttl):
@@ -224,8 +224,11 @@ def cuda_cache(monkeypatch):
 
 @pytest.mark.parametrize("api_name, key, attr, args", [
     ("/generate", "ttl-160m", "generate", GEN),
-    ("/chat", "aira-2-124m", "generate", ["Oi", [], False, 0.2, 30, 0.3, 1.2, 8]),
+    ("/chat", "aira-2-124m", "generate", ["Oi", None, 0.2, 30, 0.3, 1.2, 8]),
     ("/classify", "ttl-160m-imdb", "forward", ["Que filme bom!", "ttl-160m-imdb", ""]),
+    ("/classify_batch", "ttl-160m-imdb", "forward", [None, "Que filme bom!\nRuim.",
+                                                     "ttl-160m-imdb"]),
+    ("/perplexity", "ttl-160m", "forward", ["A lhama é um animal.", "ttl-160m", "main"]),
 ])
 def test_out_of_memory_is_a_message_in_that_tab_and_frees_memory(
         client, engine, monkeypatch, cuda_cache, api_name, key, attr, args):
@@ -238,6 +241,19 @@ def test_out_of_memory_is_a_message_in_that_tab_and_frees_memory(
     monkeypatch.undo()
     client.predict(*args, api_name=api_name)   # the same tab works again
     assert_still_serving(client)
+
+
+def test_out_of_memory_in_the_tweet_models_free_answer_is_a_message(request, engine,
+                                                                     monkeypatch):
+    from ui import classification as tab
+    m = engine.load("tinyllama-tweet")   # loaded before CUDA is pretended
+    cuda_cache = request.getfixturevalue("cuda_cache")
+    monkeypatch.setattr(m.model, "generate", oom)
+    with pytest.raises(gr.Error, match="ran out of memory"):
+        tab.free_answer(engine, "Just got my dream job!", "tinyllama-tweet")
+    assert cuda_cache and not m.lock.locked() and wait_until(lambda: not generation_threads())
+    monkeypatch.undo()
+    assert tab.free_answer(engine, "Just got my dream job!", "tinyllama-tweet").visible
 
 
 def test_out_of_memory_in_the_worker_reaches_the_caller_and_releases_the_model(

@@ -53,6 +53,7 @@ def classify(engine, text, model_key="ttl-160m-imdb", second_text="",
     return probs, common.notice(m)
 
 
+@common.engine_errors
 def free_answer(engine, text, model_key):
     """The tweet model's own words for the same prompt (greedy, a few tokens)."""
     if model_key != "tinyllama-tweet":
@@ -100,6 +101,7 @@ def read_rows(spec, file, lines) -> list[dict]:
     return rows
 
 
+@common.engine_errors
 def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
     """A table with label and probabilities per row (or why the row was
     skipped), the label distribution, and the table as CSV."""
