@@ -55,10 +55,7 @@ class Sampling:
 
         seed = self.seed
         # None, "" and -1 mean "random": a Number field in the page cannot be empty.
-        if seed is not None and seed != "" and seed != -1:
-            seed = number("seed", 0, MAX_SEED, integer=True)
-        else:
-            seed = None
+        seed = None if seed in (None, "", -1) else number("seed", -1, MAX_SEED, integer=True)
         return Sampling(
             temperature=number("temperature", 0.01, 5.0),
             top_k=number("top_k", 0, 1000, integer=True),
