@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from . import standins
+from . import fastpath, standins
 from .registry import CLASSIFY, SCORE, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Settings:
     standin_dir: str | None = None
     full_size_standins: bool = False
     hub_probe_timeout: float = 3.0
+    fast: str = "auto"          # CPU fast path: auto | off | int8 | bf16 (fastpath.py)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -75,6 +76,7 @@ class Settings:
             strict=_env_flag("TTL_STRICT"),
             local_dirs=parse_local_dirs(os.environ.get("TTL_LOCAL_DIRS", "")),
             standin_dir=os.environ.get("TTL_STANDIN_DIR") or None,
+            fast=os.environ.get("TTL_FAST", "auto").strip().lower() or "auto",
         )
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
@@ -84,6 +86,8 @@ class Settings:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.fast not in fastpath.MODES:
+            raise ValueError(f"fast must be one of {fastpath.MODES}, got {self.fast!r}")
 
 
 @dataclass
@@ -267,6 +271,9 @@ class Engine:
         model.config.use_cache = True
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.use_cache = True
+        if spec.is_generative:   # int8/bf16 weights and threads on CPU (fastpath.py)
+            model, road = fastpath.apply(model, self.device, self.settings.fast)
+            source += "" if road == "off" else f", {road} fast path"
         return Loaded(spec=spec, revision=revision, model=model, tokenizer=tokenizer,
                       source=source, device=self.device, dtype=self.dtype,
                       load_seconds=time.perf_counter() - t0, is_standin=is_standin,
