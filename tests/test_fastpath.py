@@ -4,6 +4,8 @@ briefly on the project's own text). Speed is measured by inference.bench."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -53,8 +55,7 @@ def test_engine_serves_the_chosen_road_and_says_so(ttl, fp32):
 def test_fast_roads_agree_with_fp32(fp32, road):
     if road == "int8" and not fastpath.int8_engine():
         pytest.skip("no quantised engine in this torch build")
-    fast, taken = fastpath.apply(fp32.model, fp32.device, road) if road == "int8" else \
-        fastpath.apply(__import__("copy").deepcopy(fp32.model), fp32.device, road)
+    fast, taken = fastpath.apply(copy.deepcopy(fp32.model), fp32.device, road)
     assert taken == road
     f = fastpath.fidelity(fp32.model, fast, corpus_batch(fp32.tokenizer))
     assert f["top1_agreement"] >= 0.9, f
