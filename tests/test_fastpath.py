@@ -68,3 +68,15 @@ def test_fast_path_generates_the_same_greedy_text(ttl, fp32):
     assert complete(ttl, ids, s).strip()
     # Greedy text may part ways after a near-tie; the first words must match.
     assert complete(ttl, ids, s).split()[:3] == complete(fp32, ids, s).split()[:3]
+
+
+def test_bench_table_reports_ratio_against_the_cache_on_pipeline():
+    from inference import bench
+    runs = [{"decode_tps": 60.0, "cards": {"decode_tps": 4.0}}, {"decode_tps": 80.0, "cards": {"decode_tps": 6.0}},
+            {"decode_tps": 70.0, "cards": {"decode_tps": 5.0}}]
+    base = bench.combine(runs)
+    assert base == {"decode_tps": 70.0, "cards": {"decode_tps": 5.0}}
+    out = bench.table({"ttl-160m": {"pipeline": {"decode_tps": 20.0, "cards": {"decode_tps": 5.0}},
+                                    "engine:int8": {"decode_tps": 80.0}}}, 29.0)
+    row = next(l for l in out.splitlines() if "decode, 1 stream" in l)
+    assert "| 80 (int8) | 20 | 5.00 | 4.00x |" in row
