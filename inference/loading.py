@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from . import faults, standins
+from . import fastpath, faults, standins
 from .registry import CLASSIFY, SCORE, ModelSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Settings:
     # 4-bit (bitsandbytes NF4) loading of the adapter models, as in the tweet
     # adapter's QLoRA training (seed 002). CUDA only; elsewhere it is ignored.
     load_in_4bit: bool = False
+    fast: str = "auto"          # CPU fast path: auto | off | int8 | bf16 (fastpath.py)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -79,6 +80,7 @@ class Settings:
             local_dirs=parse_local_dirs(os.environ.get("TTL_LOCAL_DIRS", "")),
             standin_dir=os.environ.get("TTL_STANDIN_DIR") or None,
             load_in_4bit=_env_flag("TTL_4BIT"),
+            fast=os.environ.get("TTL_FAST", "auto").strip().lower() or "auto",
         )
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
@@ -88,6 +90,8 @@ class Settings:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.fast not in fastpath.MODES:
+            raise ValueError(f"fast must be one of {fastpath.MODES}, got {self.fast!r}")
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Loaded:
     load_seconds: float
     is_standin: bool = False
     notice: str | None = None    # markdown for the tab's banner
+    fast: str = "off"            # the CPU fast path's road (fastpath.py)
     # One generation at a time per model: a small CPU is not oversubscribed
     # and per-request seeds stay reproducible. Other models run alongside.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -110,8 +115,10 @@ class Loaded:
 
     @property
     def label(self) -> str:
-        dtype = str(self.dtype).removeprefix("torch.")
-        return f"{self.device.type} · {dtype}" + (" · stand-in" if self.is_standin else "")
+        parts = [self.device.type, str(self.dtype).removeprefix("torch.")]
+        parts += ["int8 weights"] if self.fast == "int8" else []
+        parts += ["stand-in"] if self.is_standin else []
+        return " · ".join(parts)
 
 
 def pick_device(choice: str) -> torch.device:
@@ -280,10 +287,15 @@ class Engine:
         model.config.use_cache = True
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.use_cache = True
+        road = "off"
+        if spec.is_generative:   # int8/bf16 weights and threads on CPU (fastpath.py)
+            model, road = fastpath.apply(model, self.device, self.settings.fast)
+            source += "" if road == "off" else f", {road} fast path"
         return Loaded(spec=spec, revision=revision, model=model, tokenizer=tokenizer,
-                      source=source, device=self.device, dtype=self.dtype,
+                      source=source, device=self.device,
+                      dtype=torch.bfloat16 if road == "bf16" else self.dtype,
                       load_seconds=time.perf_counter() - t0, is_standin=is_standin,
-                      notice=notice)
+                      notice=notice, fast=road)
 
     def _adapter_path(self, spec: ModelSpec, where: str, is_standin: bool) -> str | None:
         if not spec.adapter_setting:

@@ -1,0 +1,297 @@
+"""The benchmark: the app's engine against the model cards' `pipeline`, in
+one run, on full-size stand-ins (real shapes, random weights: speed does not
+depend on the values).
+
+    python -m inference.bench --quick        # TeenyTinyLlama-160m + the IMDB classifier, < 5 min on 2 cores
+    python -m inference.bench                # every served shape, every CPU road
+    python -m inference.bench --models ttl-160m --roads int8 bf16 off
+
+Each side (the engine on one fast-path road, or the pipeline) runs in a
+fresh process, so that load time and peak memory are its own. Figures:
+load time; first request (cold); time to first token for 32- and 512-token
+prompts; decode tokens/s for one stream (greedy, a fixed number of new
+tokens); aggregate tokens/s for 4 simultaneous streams; bytes of weights
+read per token and the share of the measured memory bandwidth that decode
+reaches; for a classifier, texts/s one at a time and batched. The baseline
+of every ratio is the pipeline in fp32 with the KV cache on; "cards" is the
+pipeline as the model cards run it (their `use_cache: false` inherited).
+Times are medians over repeats: on a shared machine they move from run to
+run, and the table says how loaded the machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import copy
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from . import fastpath, standins
+from .registry import CLASSIFY, REGISTRY
+
+GENERATIVE = ("ttl-160m", "ttl-460m", "aira-2-124m", "tinyllama-tweet")
+CLASSIFIER = "ttl-160m-imdb"
+# name, unit, True when higher is better
+FIGURES = {
+    "load_s": ("load", "s", False),
+    "first_request_s": ("first request (cold, 32-token prompt)", "s", False),
+    "ttft_32_s": ("time to first token, 32-token prompt", "s", False),
+    "ttft_512_s": ("time to first token, 512-token prompt", "s", False),
+    "decode_tps": ("decode, 1 stream", "tok/s", True),
+    "stream4_tps": ("decode, 4 simultaneous streams (aggregate)", "tok/s", True),
+    "weight_mb_per_token": ("weights read per token", "MB", False),
+    "bandwidth_share": ("share of the bandwidth limit", "%", True),
+    "single_texts_s": ("classification, one text per request", "texts/s", True),
+    "batched_texts_s": ("classification, batch of 16", "texts/s", True),
+    "peak_rss_mb": ("peak memory (process)", "MB", False),
+}
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_bandwidth_gbs(repeats: int = 7) -> float:
+    """Memory read bandwidth as torch sees it: summing a 512 MB tensor, far
+    larger than any cache."""
+    x = torch.ones(128 * 2**20)
+    x.sum()
+    return x.numel() * 4 / median_time(x.sum, repeats) / 1e9
+
+
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    text = "\n".join(standins._corpus_lines())
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def corpus_texts(n: int) -> list[str]:
+    lines = standins._corpus_lines()
+    return [lines[i % len(lines)] for i in range(n)]
+
+
+# -- one side, in its own process -------------------------------------------
+def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
+    n, repeats = cfg["new_tokens"], cfg["repeats"]
+    t0 = time.perf_counter()
+    if side == "pipeline":
+        from transformers import pipeline
+        pipe = pipeline("text-generation", model=path, dtype=torch.float32, device="cpu")
+        model, tok = pipe.model, pipe.tokenizer
+        cards_cache = bool(model.generation_config.use_cache)
+
+        def gen(ids, new, cache=True):
+            # The pipeline takes text: the prompt goes in as the text of `ids`.
+            extra = {"use_cache": True} if cache else {}
+            out = pipe(tok.decode(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                       return_full_text=False, **extra)
+            assert out[0]["generated_text"] is not None
+    else:
+        from .generation import Sampling, generate_kwargs
+        from .loading import Engine, Settings
+        if REGISTRY[key].adapter_setting:
+            os.environ[REGISTRY[key].adapter_setting] = str(Path(path) / "adapter")
+        engine = Engine(Settings(device="cpu", strict=True, local_dirs={key: path},
+                                 fast=side.split(":")[1]))
+        m = engine.load(key)
+        model, tok = m.model, m.tokenizer
+
+        def gen(ids, new, cache=True):
+            # The app's path: the same generate() arguments stream() uses,
+            # greedy, forced to produce exactly `new` tokens.
+            s = Sampling(do_sample=False, max_new_tokens=new, repetition_penalty=1.0)
+            with m.lock, torch.inference_mode():
+                m.model.generate(**generate_kwargs(m, ids, s, threading.Event()),
+                                 min_new_tokens=new)
+    out = {"load_s": time.perf_counter() - t0}
+    p32, p512 = prompt_ids(tok, 32), prompt_ids(tok, 512)
+    out["first_request_s"] = median_time(lambda: gen(p32, 1), 1)
+    gen(p32, 4)   # warm-up
+    out["ttft_32_s"] = median_time(lambda: gen(p32, 1), repeats)
+    out["ttft_512_s"] = median_time(lambda: gen(p512, 1), max(1, repeats // 2))
+    t_n = median_time(lambda: gen(p32, n), repeats)
+    out["decode_tps"] = (n - 1) / max(t_n - out["ttft_32_s"], 1e-9)
+
+    def four():
+        threads = [threading.Thread(target=gen, args=(p32, n)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    out["stream4_tps"] = 4 * n / median_time(four, max(1, repeats // 2))
+    out["weight_mb_per_token"] = fastpath.weight_bytes_per_token(model) / 1e6
+    if side == "pipeline" and not cards_cache:
+        ttft = median_time(lambda: gen(p32, 1, cache=False), repeats)
+        t_n = median_time(lambda: gen(p32, n, cache=False), max(1, repeats // 2))
+        out["cards"] = {"ttft_32_s": ttft, "decode_tps": (n - 1) / max(t_n - ttft, 1e-9)}
+    return out
+
+
+def _classifier_side(side: str, key: str, path: str, cfg: dict) -> dict:
+    texts = corpus_texts(16)
+    t0 = time.perf_counter()
+    if side == "pipeline":
+        from transformers import pipeline
+        pipe = pipeline("text-classification", model=path, dtype=torch.float32, device="cpu")
+        kw = dict(truncation=True, max_length=256)
+        single = lambda: [pipe(t, **kw) for t in texts]
+        batched = lambda: pipe(texts, batch_size=len(texts), **kw)
+    else:
+        from .classification import classify
+        from .loading import Engine, Settings
+        m = Engine(Settings(device="cpu", strict=True, local_dirs={key: path},
+                            fast=side.split(":")[1])).load(key)
+        single = lambda: [classify(m, [{"text": t}]) for t in texts]
+        batched = lambda: classify(m, [{"text": t} for t in texts])
+    out = {"load_s": time.perf_counter() - t0}
+    single()   # warm-up
+    out["single_texts_s"] = len(texts) / median_time(single, cfg["repeats"])
+    out["batched_texts_s"] = len(texts) / median_time(batched, cfg["repeats"])
+    return out
+
+
+def run_side(side: str, key: str, path: str, cfg: dict) -> dict:
+    torch.set_num_threads(fastpath.cores())
+    fn = _classifier_side if REGISTRY[key].task == CLASSIFY else _generative_side
+    out = fn(side, key, path, cfg)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def combine(runs: list[dict]) -> dict:
+    """The median of each figure over rounds."""
+    out = {}
+    for k, v in runs[0].items():
+        vals = [r[k] for r in runs if k in r]
+        out[k] = combine(vals) if isinstance(v, dict) else statistics.median(vals)
+    return out
+
+
+def in_fresh_process(*args) -> dict:
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_side, *args).result()
+
+
+# -- fidelity, on the tiny stand-in trained on our text ---------------------
+def fidelity_report(roads: list[str]) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = standins.ensure("ttl-160m", full_size=False)   # trained briefly, cached
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = torch.tensor(prompt_ids(tok, 8 * 64)).view(8, 64)
+    out = {}
+    for road in roads:
+        cand, taken = fastpath.apply(copy.deepcopy(ref), torch.device("cpu"), road)
+        out[taken] = fastpath.fidelity(ref, cand, ids)
+    return out
+
+
+# -- the run ----------------------------------------------------------------
+def machine() -> dict:
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                  if l.startswith("model name")), platform.processor())
+    return {"cpu": model, "cores": fastpath.cores(), "torch": torch.__version__,
+            "load_avg_at_start": os.getloadavg(), "bf16": fastpath.has_native_bf16(),
+            "int8_engine": fastpath.int8_engine(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+def fmt(v, unit: str) -> str:
+    if v is None:
+        return "–"
+    if unit == "%":
+        return f"{100 * v:.0f}%"
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}"
+
+
+def table(results: dict, bandwidth: float) -> str:
+    rows = ["| model | figure | engine (road) | pipeline fp32, cache on | cards (cache off) | engine/baseline |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for key, sides in results.items():
+        base = sides["pipeline"]
+        engines = [s for s in sides if s.startswith("engine")]
+        for fig, (name, unit, higher) in FIGURES.items():
+            for side in engines:
+                e, b = sides[side].get(fig), base.get(fig)
+                if e is None and b is None:
+                    continue
+                c = base.get("cards", {}).get(fig)
+                ratio = f"{e / b:.2f}x" if e is not None and b else "–"
+                better = "" if higher else " (lower is better)"
+                rows.append(f"| {key} | {name} [{unit}]{better} | {fmt(e, unit)} ({side.split(':')[1]}) "
+                            f"| {fmt(b, unit)} | {fmt(c, unit)} | {ratio} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="TeenyTinyLlama-160m and the IMDB classifier, fewer repeats")
+    p.add_argument("--models", nargs="*", choices=list(REGISTRY), help="registry keys (default: every served shape)")
+    p.add_argument("--roads", nargs="*", choices=fastpath.MODES, help="engine roads to measure (default: auto; full run: all)")
+    p.add_argument("--repeats", type=int, help="repeats per figure (median is reported)")
+    p.add_argument("--rounds", type=int, help="fresh processes per side, alternating (median is reported)")
+    p.add_argument("--new-tokens", type=int, help="new tokens per decode run")
+    p.add_argument("--dir", type=Path, help="where full-size stand-ins are built (default: the app's cache)")
+    p.add_argument("--json", type=Path, default=Path("bench.json"), help="where to write the figures")
+    a = p.parse_args(argv)
+    models = a.models or (["ttl-160m", CLASSIFIER] if a.quick else [*GENERATIVE, CLASSIFIER])
+    roads = a.roads or (["auto"] if a.quick else ["int8", "bf16", "off"])
+    cfg = {"repeats": a.repeats or 3, "rounds": a.rounds or (2 if a.quick else 3),
+           "new_tokens": a.new_tokens or (32 if a.quick else 128)}
+    info = machine()
+    bandwidth = read_bandwidth_gbs()
+    print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
+          f"{info['load_avg_at_start'][0]:.1f}; read bandwidth {bandwidth:.1f} GB/s; "
+          f"medians over {cfg['rounds']} processes x {cfg['repeats']} repeats, {cfg['new_tokens']} new tokens, greedy", flush=True)
+    results = {}
+    for key in models:
+        path = str(standins.ensure(key, full_size=True, root=a.dir))
+        sides = ["pipeline"] + [f"engine:{r}" for r in roads]
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
+        # Sides alternate, round after round, so that a burst of load from
+        # other users of a shared machine does not fall on one side only.
+        for round_ in range(cfg["rounds"]):
+            for side in sides:
+                print(f"  {key}: {side}, round {round_ + 1}/{cfg['rounds']}…", flush=True)
+                runs[side].append(in_fresh_process(side, key, path, cfg))
+        results[key] = {}
+        for side in sides:
+            r = combine(runs[side])
+            if "decode_tps" in r:
+                r["bandwidth_share"] = r["decode_tps"] * r["weight_mb_per_token"] * 1e6 / (bandwidth * 1e9)
+            if side.startswith("engine") and REGISTRY[key].task != CLASSIFY:
+                r["road"] = fastpath.resolve(side.split(":")[1])
+            results[key][side] = r
+    fid = fidelity_report([fastpath.resolve(r) for r in roads if fastpath.resolve(r) != "off"])
+    out = {"machine": info, "bandwidth_gbs": bandwidth, "config": cfg, "results": results,
+           "fidelity_vs_fp32": fid}
+    a.json.write_text(json.dumps(out, indent=2))
+    print()
+    print(table(results, bandwidth))
+    print()
+    for road, f in fid.items():
+        print(f"fidelity of {road} against fp32 (tiny stand-in trained on our text, 8x64 tokens): "
+              f"top-1 agreement {100 * f['top1_agreement']:.1f}%, mean KL {f['mean_kl']:.4f}")
+    load = os.getloadavg()[0]
+    print(f"\nLoad average at the end {load:.1f} on {info['cores']} cores"
+          + (" (the machine was shared: figures are medians and vary run to run)." if load > 0.5 * info["cores"] else ".")
+          + f" JSON: {a.json}")
+
+
+if __name__ == "__main__":
+    main()

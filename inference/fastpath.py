@@ -1,0 +1,123 @@
+"""The CPU fast path: what the engine does to a generative model right after
+loading it on a CPU, so that decoding is not bound by per-token overhead.
+
+One setting chooses it: `TTL_FAST` (or `Settings.fast`) = auto | off | int8 | bf16.
+
+- int8: `torch.ao.quantization.quantize_dynamic` on every Linear layer
+  (weights int8, activations quantised per call). Deprecated in torch 2.13
+  but working, and the fastest eager road measured on the 2-vCPU machine
+  (TeenyTinyLlama-160m shape: 72 tokens/s against 20 for fp32; torchao's
+  eager int8 configs were slower than fp32 there). Needs a quantised engine
+  (fbgemm/x86 on Intel/AMD, qnnpack on ARM).
+- bf16: weights in bfloat16 (28 tokens/s there); worth it only where the
+  CPU has native bf16 (avx512_bf16 or AMX).
+- auto: int8 where a quantised engine exists, else bf16 where the CPU has
+  it, else fp32. `python -m inference.bench` measures the roads side by side.
+
+On CUDA nothing here applies: the engine loads bf16/fp16 with SDPA attention.
+The fidelity of each road against fp32 is `fidelity()`, reported by the
+benchmark and checked in tests/test_fastpath.py.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import nn
+
+MODES = ("auto", "off", "int8", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def int8_engine() -> str | None:
+    """The quantised backend `quantize_dynamic` will run on, if any."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
+
+
+def has_native_bf16() -> bool:
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve(mode: str | None = None) -> str:
+    """The road to take on this CPU: 'off', 'int8' or 'bf16'."""
+    mode = (mode or os.environ.get("TTL_FAST") or "auto").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"TTL_FAST must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    if int8_engine():
+        return "int8"
+    return "bf16" if has_native_bf16() else "off"
+
+
+def cores() -> int:
+    """CPUs this process may run on (a container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def apply(model: nn.Module, device: torch.device, mode: str | None = None) -> tuple[nn.Module, str]:
+    """The model as the fast path serves it, and the road taken ('off',
+    'int8', 'bf16'). Only CPU models change."""
+    if device.type != "cpu":
+        return model, "off"
+    road = resolve(mode)
+    # One decode thread per core: more oversubscribes a small machine.
+    torch.set_num_threads(cores())
+    if road == "int8":
+        engine = int8_engine()
+        if engine is None:
+            raise ValueError("TTL_FAST=int8: this CPU build of torch has no quantised engine.")
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():   # the deprecation notice of torch.ao
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {nn.Linear}, dtype=torch.qint8, inplace=False)
+    elif road == "bf16":
+        model = model.to(torch.bfloat16)
+    return model, road
+
+
+def weight_bytes_per_token(model: nn.Module) -> int:
+    """Bytes of weights one decode step reads: every layer's weights except
+    embedding tables (one row per token), counting each tensor once; int8
+    packed weights at one byte each."""
+    seen, total = set(), 0
+    for mod in model.modules():
+        if isinstance(mod, nn.Embedding):
+            continue
+        for p in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if id(p) not in seen and p.is_floating_point():
+                seen.add(id(p))
+                total += p.numel() * p.element_size()
+        if isinstance(mod, torch.ao.nn.quantized.dynamic.Linear):   # packed int8
+            w, b = mod._weight_bias()
+            total += w.numel() * w.element_size() + (b.numel() * b.element_size() if b is not None else 0)
+    return total
+
+
+@torch.inference_mode()
+def fidelity(reference: nn.Module, candidate: nn.Module, input_ids: torch.Tensor) -> dict:
+    """How closely `candidate` follows `reference` on the same inputs (a
+    batch of token ids, teacher-forced): the share of positions where the
+    top-1 next token agrees, and the mean KL(reference || candidate)."""
+    ref = torch.log_softmax(reference(input_ids=input_ids).logits.float(), -1)
+    cand = torch.log_softmax(candidate(input_ids=input_ids).logits.float(), -1)
+    agree = (ref.argmax(-1) == cand.argmax(-1)).float().mean()
+    kl = (ref.exp() * (ref - cand)).sum(-1).mean()
+    return {"top1_agreement": float(agree), "mean_kl": float(kl)}

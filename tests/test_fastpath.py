@@ -1,0 +1,82 @@
+"""The CPU fast path: chosen from the CPU, overridable by one setting, and
+faithful to fp32 on a stand-in whose distributions are not flat (trained
+briefly on the project's own text). Speed is measured by inference.bench."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from inference import fastpath
+from inference.generation import Sampling, complete
+from inference.loading import Engine, Settings
+
+
+@pytest.fixture(scope="module")
+def fp32(engine):
+    """The same stand-in as the `ttl` fixture, loaded with the fast path off."""
+    return Engine(Settings(standin=True, standin_dir=engine.settings.standin_dir,
+                           fast="off")).load("ttl-160m")
+
+
+def corpus_batch(tokenizer, rows=4, width=48) -> torch.Tensor:
+    from inference.standins import _corpus_lines
+    ids = tokenizer("\n".join(_corpus_lines()), add_special_tokens=False)["input_ids"]
+    return torch.tensor([ids[i * width:(i + 1) * width] for i in range(rows)])
+
+
+def test_setting_rejects_unknown_road():
+    with pytest.raises(ValueError, match="fast must be one of"):
+        Settings(fast="int4")
+    with pytest.raises(ValueError, match="TTL_FAST must be one of"):
+        fastpath.resolve("turbo")
+
+
+def test_auto_picks_a_road_this_cpu_has():
+    road = fastpath.resolve("auto")
+    assert road in ("int8", "bf16", "off")
+    if fastpath.int8_engine():
+        assert road == "int8"
+
+
+def test_engine_serves_the_chosen_road_and_says_so(ttl, fp32):
+    road = fastpath.resolve("auto")
+    if road == "off":
+        pytest.skip("this CPU has neither a quantised engine nor native bf16")
+    assert f"{road} fast path" in ttl.source
+    assert "fast path" not in fp32.source
+    if road == "int8":   # the Linear layers now hold packed int8 weights
+        assert fastpath.weight_bytes_per_token(ttl.model) < 0.5 * fastpath.weight_bytes_per_token(fp32.model)
+
+
+@pytest.mark.parametrize("road", ["int8", "bf16"])
+def test_fast_roads_agree_with_fp32(fp32, road):
+    if road == "int8" and not fastpath.int8_engine():
+        pytest.skip("no quantised engine in this torch build")
+    fast, taken = fastpath.apply(copy.deepcopy(fp32.model), fp32.device, road)
+    assert taken == road
+    f = fastpath.fidelity(fp32.model, fast, corpus_batch(fp32.tokenizer))
+    assert f["top1_agreement"] >= 0.9, f
+    assert f["mean_kl"] <= 0.05, f
+
+
+def test_fast_path_generates_the_same_greedy_text(ttl, fp32):
+    ids = ttl.tokenizer("A TeenyTinyLlama é um modelo")["input_ids"]
+    s = Sampling(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
+    assert complete(ttl, ids, s).strip()
+    # Greedy text may part ways after a near-tie; the first words must match.
+    assert complete(ttl, ids, s).split()[:3] == complete(fp32, ids, s).split()[:3]
+
+
+def test_bench_table_reports_ratio_against_the_cache_on_pipeline():
+    from inference import bench
+    runs = [{"decode_tps": 60.0, "cards": {"decode_tps": 4.0}}, {"decode_tps": 80.0, "cards": {"decode_tps": 6.0}},
+            {"decode_tps": 70.0, "cards": {"decode_tps": 5.0}}]
+    base = bench.combine(runs)
+    assert base == {"decode_tps": 70.0, "cards": {"decode_tps": 5.0}}
+    out = bench.table({"ttl-160m": {"pipeline": {"decode_tps": 20.0, "cards": {"decode_tps": 5.0}},
+                                    "engine:int8": {"decode_tps": 80.0}}}, 29.0)
+    row = next(l for l in out.splitlines() if "decode, 1 stream" in l)
+    assert "| 80 (int8) | 20 | 5.00 | 4.00x |" in row
