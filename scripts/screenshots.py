@@ -37,7 +37,7 @@ def use_tab(page, title: str) -> None:
         box = page.get_by_placeholder("Pergunte algo em português…")
         box.fill("Você pode me explicar o que é Aprendizagem de Máquina?")
         box.press("Enter")
-        page.wait_for_selector(".message-row.bot-row, [data-testid='bot']", timeout=60_000)
+        page.wait_for_selector("#chat-bot [data-testid='bot']", timeout=180_000)
         page.wait_for_timeout(3000)
     elif button:
         page.get_by_role("button", name=button, exact=True).first.click()

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from inference import classification, standins
+from inference import classification, fastpath, standins
 from inference.batching import MicroBatcher
 from inference.registry import REGISTRY
 from ui import classification as tab
@@ -107,9 +107,11 @@ def test_the_adapter_changes_the_scores(engine, tweet):
     without = classification.label_logprobs(dataclasses.replace(tweet, model=base), text)
     with_adapter = classification.label_logprobs(tweet, text)
     assert max(abs(without[l] - with_adapter[l]) for l in without) > 1e-3
-    # ... and the served model is exactly base + that adapter.
-    unmerged = PeftModel.from_pretrained(base, str(where / "adapter")).eval()
-    again = classification.label_logprobs(dataclasses.replace(tweet, model=unmerged), text)
+    # ... and the served model is exactly base + that adapter (merged, then
+    # through the same CPU fast path as the engine).
+    merged = PeftModel.from_pretrained(base, str(where / "adapter")).merge_and_unload().eval()
+    served, _ = fastpath.apply(merged, tweet.device, tweet.fast)
+    again = classification.label_logprobs(dataclasses.replace(tweet, model=served), text)
     assert all(abs(again[l] - with_adapter[l]) < 1e-3 for l in again)
 
 
