@@ -8,31 +8,20 @@ import math
 import time
 from dataclasses import dataclass
 
-import torch
 
-from . import generation
+from . import analysis, generation
 from .loading import Loaded
 
 
 def perplexity(m: Loaded, text: str) -> tuple[float, list[tuple[str, float]]]:
     """exp(mean surprisal) of `text` under a causal LM, and each predicted
     token with its surprisal in nats (-log p(token | the tokens before)).
-
     The text is tokenized as the model was trained (TeenyTinyLlama's
-    tokenizer adds <s>, so the first word is scored too) and cut to the
-    model's context window; only the tokens scored count."""
-    ids = m.tokenizer(text)["input_ids"][: m.spec.max_input_tokens]
-    if len(ids) < 2:
-        raise ValueError("The text is too short: it needs at least two tokens to score one.")
-    input_ids = torch.tensor([ids], device=m.device)
-    with m.lock, torch.inference_mode():
-        logits = m.model(input_ids=input_ids).logits[0, :-1].float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    targets = input_ids[0, 1:]
-    surprisal = (-logprobs.gather(1, targets[:, None])[:, 0]).cpu().tolist()
-    tokens = m.tokenizer.convert_ids_to_tokens(ids[1:])
-    ppl = math.exp(sum(surprisal) / len(surprisal))
-    return ppl, list(zip(tokens, surprisal))
+    tokenizer adds <s>, so the first word is scored too); the scoring itself
+    is the generation tab's (analysis.perplexity)."""
+    p = analysis.perplexity(m, m.tokenizer(text)["input_ids"])
+    tokens = m.tokenizer.convert_ids_to_tokens([t.id for t in p.tokens])
+    return p.value, [(tok, t.surprise_bits * math.log(2)) for tok, t in zip(tokens, p.tokens)]
 
 
 @dataclass(frozen=True)
