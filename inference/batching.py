@@ -9,6 +9,7 @@ while a batch runs form the next one.
 from __future__ import annotations
 
 import threading
+from collections import deque
 import time
 from concurrent.futures import Future
 from typing import Callable, Sequence
@@ -21,7 +22,8 @@ class MicroBatcher:
         self._guard = threading.Lock()     # protects _pending
         self.busy = threading.Lock()       # held while a batch runs
         self._pending: list[tuple[object, Future]] = []
-        self.sizes: list[int] = []         # batch sizes run, for tests and logs
+        # The latest batch sizes, for tests and logs (bounded: the app runs for days).
+        self.sizes: deque[int] = deque(maxlen=1000)
 
     @property
     def pending(self) -> int:

@@ -179,7 +179,7 @@ def test_concurrent_requests_run_as_one_batch(imdb):
             threading.Event().wait(0.001)
     for t in threads:
         t.join(timeout=30)
-    assert b.sizes[seen:] == [len(texts)]
+    assert list(b.sizes)[seen:] == [len(texts)]
     for got, want in zip(results, alone):
         assert all(abs(got[l] - want[l]) < 1e-5 for l in want)
 
