@@ -64,14 +64,6 @@ def _pairs(history) -> list[chat.Turn]:
     return turns
 
 
-def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) \
-            or not 1 <= n <= bestofn.MAX_CANDIDATES:
-        raise gr.Error(f"The number of candidates must be a whole number from 1 to "
-                       f"{bestofn.MAX_CANDIDATES}, got {n!r}.", title="Invalid setting")
-    return int(n)
-
-
 def _scorer(engine, key: str, notes: list[str]):
     """A scorer, or None with a note saying what chat does without it."""
     try:
@@ -98,7 +90,7 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
     candidates table). With n > 1 each candidate streams in turn, then the
     best one replaces them."""
     message = common.check_text(message, "question")
-    n = _check_n(n)
+    n = common.check_count(n, bestofn.MAX_CANDIDATES, "The number of candidates")
     m = common.load(engine, KEY, progress=progress)
     try:
         s = generation.Sampling.from_defaults(
@@ -195,11 +187,7 @@ def build(engine) -> None:
             n = gr.Slider(1, bestofn.MAX_CANDIDATES, 1, step=1, label="Candidates (best-of-n)",
                           info="More than 1: each is scored by RewardModelPT, those "
                                "ToxiGuardrailPT scores below 5 are dropped, the best is shown.")
-            temperature = gr.Slider(0.01, 2.0, d["temperature"], step=0.01, label="Temperature")
-            top_k = gr.Slider(0, 200, d["top_k"], step=1, label="Top-k (0 = off)")
-            top_p = gr.Slider(0.01, 1.0, d["top_p"], step=0.01, label="Top-p")
-            rep = gr.Slider(1.0, 2.0, d["repetition_penalty"], step=0.05, label="Repetition penalty")
-            max_new = gr.Slider(1, 512, d["max_new_tokens"], step=1, label="Max new tokens")
+            temperature, top_k, top_p, rep, max_new = common.sampling_controls(d, 512)
             seed = gr.Number(-1, precision=0, minimum=-1, maximum=generation.MAX_SEED,
                              label="Seed (−1 = random)")
 

@@ -37,6 +37,27 @@ def notice(m: Loaded) -> gr.Markdown:
     return gr.Markdown(m.notice or "", visible=bool(m.notice))
 
 
+def check_count(n, most: int, what: str) -> int:
+    """A count from the UI or an API client: a whole number from 1 to `most`
+    (`what` starts the message, e.g. "Completions")."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) \
+            or not 1 <= n <= most:
+        raise gr.Error(f"{what} must be a whole number from 1 to {most}, got {n!r}.",
+                       title="Invalid setting")
+    return int(n)
+
+
+def sampling_controls(defaults, max_new_tokens: int) -> tuple:
+    """The sampling sliders every generating tab shows, at the model card's
+    defaults: temperature, top-k, top-p, repetition penalty, max new tokens."""
+    d = defaults
+    return (gr.Slider(0.01, 2.0, d["temperature"], step=0.01, label="Temperature"),
+            gr.Slider(0, 200, d["top_k"], step=1, label="Top-k (0 = off)"),
+            gr.Slider(0.01, 1.0, d["top_p"], step=0.01, label="Top-p"),
+            gr.Slider(1.0, 2.0, d["repetition_penalty"], step=0.05, label="Repetition penalty"),
+            gr.Slider(1, max_new_tokens, d["max_new_tokens"], step=1, label="Max new tokens"))
+
+
 def check_text(text, what: str = "text", allow_empty: bool = False) -> str:
     """Text from the UI or an API client: a string, not blank, not huge."""
     if text is None:

@@ -50,14 +50,6 @@ def _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, 
         raise common.error_message(exc) from None
 
 
-def _count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or n != int(n) \
-            or not 1 <= n <= MAX_COMPLETIONS:
-        raise gr.Error(f"Completions must be a whole number from 1 to {MAX_COMPLETIONS}, "
-                       f"got {n!r}.", title="Invalid setting")
-    return int(n)
-
-
 def figures(m, prompt_tokens: int, dropped: int, runs: list[dict]) -> str:
     """The line under the outputs: sizes, speed, device. Token counts come
     from the generated ids, not from re-tokenizing the text."""
@@ -84,7 +76,7 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
     banner and the run (prompt and generated ids) for "Why this token?"."""
     common.check_key(model_key, GENERATE)
     text = common.check_text(text, "prompt", allow_empty=True)
-    n = _count(completions)
+    n = common.check_count(completions, MAX_COMPLETIONS, "Completions")
     if not text.strip():
         gr.Warning("Type a prompt first: the model continues your text.")
         yield *[""] * MAX_COMPLETIONS, "✍️ Type a prompt to start.", gr.Markdown(visible=False), None
@@ -124,7 +116,7 @@ def explain(engine, run, which=1):
     and list the top alternatives (see inference.analysis)."""
     if not run or not run["runs"]:
         raise gr.Error("Generate some text first.", title="Nothing to explain")
-    which = _count(which)
+    which = common.check_count(which, MAX_COMPLETIONS, "Completions")
     if which > len(run["runs"]):
         raise gr.Error(f"There are only {len(run['runs'])} completions.", title="Nothing to explain")
     m = common.load(engine, run["key"], run["revision"])
@@ -179,12 +171,8 @@ def build(engine) -> None:
             # for any model's checkpoint; the engine refuses ones it lacks.
             revision = gr.Dropdown(list(REGISTRY["ttl-160m"].revisions), value="main",
                                    label="Checkpoint (training step)", allow_custom_value=True)
-            temperature = gr.Slider(0.01, 2.0, d["temperature"], step=0.01, label="Temperature")
-            top_k = gr.Slider(0, 200, d["top_k"], step=1, label="Top-k (0 = off)")
-            top_p = gr.Slider(0.01, 1.0, d["top_p"], step=0.01, label="Top-p")
-            rep = gr.Slider(1.0, 2.0, d["repetition_penalty"], step=0.05, label="Repetition penalty")
-            max_new = gr.Slider(1, generation.MAX_NEW_TOKENS_CAP, d["max_new_tokens"], step=1,
-                                label="Max new tokens")
+            temperature, top_k, top_p, rep, max_new = common.sampling_controls(
+                d, generation.MAX_NEW_TOKENS_CAP)
             greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
             seed = gr.Number(-1, precision=0, minimum=-1, maximum=generation.MAX_SEED,
                              label="Seed (−1 = random; completion k uses seed + k − 1)")
