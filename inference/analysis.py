@@ -20,9 +20,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-from .generation import Sampling, SeededSampler, processors
+from .decoder import candidates, penalised
+from .generation import Sampling
 from .loading import Loaded
 
 TOP_ALTERNATIVES = 5
@@ -58,13 +58,13 @@ def _logits(m: Loaded, ids: list[int]) -> torch.Tensor:
         return m.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float().cpu()
 
 
-def _processing(s: Sampling) -> LogitsProcessorList:
-    """generate's chain for these settings, minus the seeded draw."""
-    chain = LogitsProcessorList()
-    if s.repetition_penalty != 1.0:
-        chain.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
-    chain.extend(p for p in processors(s) if not isinstance(p, SeededSampler))
-    return chain
+def _distribution(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """The distribution the decoder drew from (decoder.py's own functions)."""
+    logits = penalised(logits, seen, s.repetition_penalty)
+    if not s.do_sample:
+        return torch.softmax(logits, -1)
+    ids, probs = candidates(logits, s)
+    return torch.zeros_like(logits).scatter_(0, ids, probs)
 
 
 def _infos(m: Loaded, ids: list[int], start: int, probs: torch.Tensor) -> list[TokenInfo]:
@@ -87,10 +87,9 @@ def explain(m: Loaded, prompt_ids: list[int], new_ids: list[int], s: Sampling) -
         return []
     ids = list(prompt_ids) + list(new_ids)
     logits = _logits(m, ids)[len(prompt_ids) - 1:-1]
-    chain, seq = _processing(s), torch.tensor([ids])
-    rows = [chain(seq[:, :len(prompt_ids) + i], logits[i:i + 1].clone())
-            for i in range(len(new_ids))]
-    probs = torch.softmax(torch.cat(rows), dim=-1)
+    seq = torch.tensor(ids)
+    probs = torch.stack([_distribution(logits[i], seq[:len(prompt_ids) + i], s)
+                         for i in range(len(new_ids))])
     return _infos(m, ids, len(prompt_ids), probs)
 
 

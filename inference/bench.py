@@ -102,7 +102,8 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
                        return_full_text=False, **extra)
             assert out[0]["generated_text"] is not None
     else:
-        from .generation import Sampling, generate_kwargs
+        from .decoder import decoder_for
+        from .generation import Sampling
         from .loading import Engine, Settings
         if REGISTRY[key].adapter_setting:
             os.environ[REGISTRY[key].adapter_setting] = str(Path(path) / "adapter")
@@ -112,12 +113,13 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
         model, tok = m.model, m.tokenizer
 
         def gen(ids, new, cache=True):
-            # The app's path: the same generate() arguments stream() uses,
-            # greedy, forced to produce exactly `new` tokens.
+            # The app's path: the model's batched decoder, as stream() uses
+            # it, greedy, with no end token so that it makes exactly `new`.
             s = Sampling(do_sample=False, max_new_tokens=new, repetition_penalty=1.0)
-            with m.lock, torch.inference_mode():
-                m.model.generate(**generate_kwargs(m, ids, s, threading.Event()),
-                                 min_new_tokens=new)
+            request = decoder_for(m).submit(ids, s, stop=frozenset())
+            while (token := request.out.get()) is not None:
+                if isinstance(token, BaseException):
+                    raise token
     out = {"load_s": time.perf_counter() - t0}
     p32, p512 = prompt_ids(tok, 32), prompt_ids(tok, 512)
     out["first_request_s"] = median_time(lambda: gen(p32, 1), 1)

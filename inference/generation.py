@@ -1,26 +1,28 @@
-"""Generation: streaming token by token from a worker thread, with the
-sampling settings of the model cards, stopping on each model's end token,
-and cancellation that really stops the worker.
+"""Generation: streaming token by token, with the sampling settings of the
+model cards, stopping on each model's end token, and cancellation that
+really stops the work.
 
 Read top to bottom: `Sampling` (validated settings) -> `fit_context` (cut an
-over-long prompt) -> `stream` (start the worker, yield text as it comes).
+over-long prompt) -> `stream` (hand the prompt to the model's batch in
+decoder.py, yield text as it comes).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, fields
 from typing import Iterator, Mapping
 
-import torch
-from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteria,
-                          StoppingCriteriaList, TemperatureLogitsWarper,
-                          TextIteratorStreamer, TopKLogitsWarper, TopPLogitsWarper)
-
+from .decoder import decoder_for
 from .loading import Loaded
 
 MAX_NEW_TOKENS_CAP = 1024   # a demo answer; a billion is an input error
+# A page gets at most ~25 updates a second: one per token (hundreds a second
+# from a small model) makes the browser fall behind, and a Clear or a new
+# question then lands before updates still queued for the old answer.
+UPDATE_EVERY_S = 0.04
 MAX_SEED = 2**32 - 1
 
 
@@ -78,121 +80,63 @@ def fit_context(ids: list[int], context: int, max_new_tokens: int,
     return ids[:keep_first] + ids[keep_first + dropped:], dropped
 
 
-class SeededSampler(LogitsProcessor):
-    """Draws the next token with a generator of its own and hands it to
-    greedy search as a one-hot score. `generate` would otherwise sample from
-    torch's global RNG, which concurrent requests share, so a seed would not
-    reproduce the same text."""
+class Detokenizer:
+    """Token ids in, text pieces out, one id at a time. It decodes only the
+    last few ids, in the context of the token before them (SentencePiece
+    drops the leading space of a token decoded alone), and holds a piece
+    back while it ends in half a character (byte-fallback tokens)."""
 
-    def __init__(self, seed: int | None):
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids = tokenizer, []
+        self.prefix = self.read = 0   # ids[prefix:read] is context already shown
 
-    def __call__(self, input_ids, scores):
-        probs = torch.softmax(scores.float(), dim=-1).cpu()
-        choice = torch.multinomial(probs, 1, generator=self.generator).to(scores.device)
-        out = torch.full_like(scores, -math.inf)
-        return out.scatter_(1, choice, 0.0)
-
-
-class Cancelled(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return self.event.is_set()
-
-
-def processors(s: Sampling) -> LogitsProcessorList:
-    """Temperature, top-k and top-p as in sampling, then our seeded draw.
-    (The repetition penalty is added by `generate` itself, before these.)"""
-    if not s.do_sample:
-        return LogitsProcessorList()
-    chain = [TemperatureLogitsWarper(s.temperature)]
-    if s.top_k:
-        chain.append(TopKLogitsWarper(s.top_k))
-    if s.top_p < 1.0:
-        chain.append(TopPLogitsWarper(s.top_p))
-    return LogitsProcessorList(chain + [SeededSampler(s.seed)])
-
-
-def generate_kwargs(m: Loaded, ids: list[int], s: Sampling, cancel: threading.Event) -> dict:
-    input_ids = torch.tensor([ids], device=m.device)
-    return dict(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=s.max_new_tokens, do_sample=False, num_beams=1,
-        repetition_penalty=s.repetition_penalty, use_cache=True,
-        logits_processor=processors(s),
-        stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
-        eos_token_id=m.model.generation_config.eos_token_id or m.tokenizer.eos_token_id,
-        pad_token_id=m.tokenizer.pad_token_id or m.tokenizer.eos_token_id,
-        # Sampling is done by SeededSampler; unset the model's own defaults so
-        # generate does not warn about or apply them a second time.
-        temperature=None, top_k=None, top_p=None)
-
-
-class IdStreamer(TextIteratorStreamer):
-    """A text streamer that also keeps the generated token ids, so callers
-    count and score the tokens the model chose instead of re-tokenizing text
-    (which can split differently)."""
-
-    def __init__(self, tokenizer, **kwargs):
-        super().__init__(tokenizer, **kwargs)
-        self.ids: list[int] = []
-
-    def put(self, value):
-        if not (self.skip_prompt and self.next_tokens_are_prompt):
-            self.ids.extend(value.reshape(-1).tolist())
-        super().put(value)
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
+        before = decode(self.ids[self.prefix:self.read])
+        text = decode(self.ids[self.prefix:])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before):]
 
 
 def stream(m: Loaded, ids: list[int], s: Sampling,
            cancel: threading.Event | None = None) -> Iterator[str]:
     """Yield the new text piece by piece. Closing the iterator (a Gradio
-    cancel, a closed page) or setting `cancel` stops the worker thread."""
+    cancel, a closed page) or setting `cancel` takes the request out of the
+    model's batch at the next token."""
     tokens = stream_tokens(m, ids, s, cancel)
     try:
         for text, _ in tokens:
             if text:
                 yield text
     finally:
-        tokens.close()   # stops the worker now, not when garbage is collected
+        tokens.close()   # stops decoding now, not when garbage is collected
 
 
 def stream_tokens(m: Loaded, ids: list[int], s: Sampling,
                   cancel: threading.Event | None = None) -> Iterator[tuple[str, list[int]]]:
     """As `stream`, with the new token ids so far alongside each text piece;
     the last item has all of them (an end token included) and may carry no
-    text."""
+    text. Pieces that arrive within UPDATE_EVERY_S of the last are joined. The tokens come from the model's `Decoder` (decoder.py), which
+    decodes every concurrent request on the model in one batch."""
     cancel = cancel or threading.Event()
-    streamer = IdStreamer(m.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failure: list[BaseException] = []
-
-    def work():
-        try:
-            with m.lock, torch.inference_mode():
-                if not cancel.is_set():
-                    m.model.generate(**generate_kwargs(m, ids, s, cancel), streamer=streamer)
-        except BaseException as exc:   # surfaces in the consumer below
-            failure.append(exc)
-        finally:
-            streamer.end()   # never leave the consumer waiting
-
-    worker = threading.Thread(target=work, name=f"generate-{m.spec.key}", daemon=True)
-    worker.start()
+    request = decoder_for(m).submit(ids, s, cancel)
+    text, new, held, last = Detokenizer(m.tokenizer), [], "", 0.0
     try:
-        for text in streamer:
-            if text:
-                yield text, list(streamer.ids)
-        if failure:
-            raise failure[0]
-        yield "", list(streamer.ids)
+        while (token := request.out.get()) is not None:
+            if isinstance(token, BaseException):
+                raise token
+            new.append(token)
+            held += text.add(token)
+            if held and time.monotonic() - last >= UPDATE_EVERY_S:
+                yield held, list(new)
+                held, last = "", time.monotonic()
+        yield held, list(new)
     finally:
         cancel.set()
-        worker.join(timeout=5)
+        request.released.wait(timeout=5)   # out of the batch before the caller goes on
 
 
 def complete(m: Loaded, ids: list[int], s: Sampling) -> str:

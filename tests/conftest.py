@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,25 @@ def ttl(engine):
 @pytest.fixture(scope="session")
 def aira(engine):
     return engine.load("aira-2-124m")
+
+
+def wait_until(condition, seconds=5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return bool(condition())
+
+
+def generation_threads() -> list[threading.Thread]:
+    """The models' decode workers (decoder.py) still running."""
+    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
+
+
+def workers_stopped(seconds=1.0) -> bool:
+    """A worker ends as soon as its last request leaves the batch."""
+    return wait_until(lambda: not generation_threads(), seconds)
 
 
 def free_port() -> int:

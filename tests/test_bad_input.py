@@ -2,7 +2,6 @@
 and through the engine: each gets a clear message, nothing crashes or hangs,
 and the next request works."""
 
-import threading
 
 import gradio as gr
 import pytest
@@ -10,6 +9,8 @@ from gradio_client.exceptions import AppError
 
 from inference import classification, formats, generation
 from inference.generation import Sampling
+
+from conftest import workers_stopped
 
 # Every served model's special-token strings, typed as text.
 SPECIALS = {
@@ -28,15 +29,11 @@ ODD_TEXT = {
 HUGE = "A lhama é um animal. " * 10_000   # 210,000 characters
 
 
-def generation_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
-
-
 def assert_still_serving(client):
     text, *_, figures, _ = client.predict("A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8,
                                           api_name="/generate")
     assert isinstance(text, str) and "prompt tokens" in figures
-    assert not generation_threads()
+    assert workers_stopped()
 
 
 def refused(client, api_name, *args, match):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from gradio_client.exceptions import AppError
 
-from inference import bestofn, chat, classification, standins
+from inference import bestofn, chat, classification, decoder, standins
 from inference.generation import Sampling
 from inference.loading import Engine, Settings
 from ui import chat as chat_tab
@@ -50,25 +50,24 @@ def test_long_question_and_history_fit_the_context(aira):
     assert ids[0] == BOS and ids[-1] == SEP and EOS not in ids   # no history turn fits
 
 
-def test_answer_ends_at_endofcompletion(aira):
+def test_answer_ends_at_endofcompletion(aira, monkeypatch):
     """The model is made to write three plain tokens, then <|endofcompletion|>,
     then more plain tokens: the answer is the first three and no more."""
     word = aira.tokenizer(" lhama", add_special_tokens=False)["input_ids"][0]
     calls = []
+    forward = decoder.FORWARDS["gpt2"]
 
-    def force(module, args, output):
+    def force(*args):
         step = len(calls)   # forward k (prefill = 0) picks new token k
         calls.append(step)
-        output.logits[:, -1, :] = -1e4
-        output.logits[:, -1, EOS if step == 3 else word] = 1e4
-        return output
+        logits = forward(*args)
+        logits[:] = -1e4
+        logits[:, EOS if step == 3 else word] = 1e4
+        return logits
 
-    hook = aira.model.register_forward_hook(force)
-    try:
-        s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=50)
-        text = "".join(chat.answer(aira, "Oi", s))
-    finally:
-        hook.remove()
+    monkeypatch.setitem(decoder.FORWARDS, "gpt2", force)
+    s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=50)
+    text = "".join(chat.answer(aira, "Oi", s))
     assert len(calls) == 4
     assert text == aira.tokenizer.decode([word] * 3) and "<|" not in text
 

@@ -15,25 +15,12 @@ import pytest
 import torch
 from gradio_client.exceptions import AppError
 
-from inference import faults, formats, generation, standins
+from inference import decoder, faults, formats, generation, standins
 from inference.generation import Sampling
 from inference.loading import Engine, ModelUnavailable, Settings
 from ui import common
 
-from conftest import STANDIN_DIR, free_port
-
-
-def generation_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
-
-
-def wait_until(condition, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+from conftest import STANDIN_DIR, free_port, generation_threads, wait_until, workers_stopped
 
 
 GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8]
@@ -161,13 +148,13 @@ def test_failed_download_in_strict_mode_is_a_message_in_the_tab(failing_download
 def slow_ttl(ttl, monkeypatch):
     """TeenyTinyLlama's stand-in, slowed to ~20 tokens/s so that a stream is
     surely still running when it is cancelled."""
-    forward = ttl.model.forward
+    forward = decoder.FORWARDS["llama"]
 
     def slow(*args, **kwargs):
         time.sleep(0.05)
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(ttl.model, "forward", slow)
+    monkeypatch.setitem(decoder.FORWARDS, "llama", slow)
     return ttl
 
 
@@ -222,9 +209,18 @@ def cuda_cache(monkeypatch):
     return emptied
 
 
+def break_model(monkeypatch, m, attr):
+    """Make `m` run out of memory: in its forward, or (attr "decode") in the
+    batched decoder's forward for its architecture."""
+    if attr == "decode":
+        monkeypatch.setitem(decoder.FORWARDS, m.model.config.model_type, oom)
+    else:
+        monkeypatch.setattr(m.model, attr, oom)
+
+
 @pytest.mark.parametrize("api_name, key, attr, args", [
-    ("/generate", "ttl-160m", "generate", GEN),
-    ("/chat", "aira-2-124m", "generate", ["Oi", None, 0.2, 30, 0.3, 1.2, 8]),
+    ("/generate", "ttl-160m", "decode", GEN),
+    ("/chat", "aira-2-124m", "decode", ["Oi", None, 0.2, 30, 0.3, 1.2, 8]),
     ("/classify", "ttl-160m-imdb", "forward", ["Que filme bom!", "ttl-160m-imdb", ""]),
     ("/classify_batch", "ttl-160m-imdb", "forward", [None, "Que filme bom!\nRuim.",
                                                      "ttl-160m-imdb"]),
@@ -233,7 +229,7 @@ def cuda_cache(monkeypatch):
 def test_out_of_memory_is_a_message_in_that_tab_and_frees_memory(
         client, engine, monkeypatch, cuda_cache, api_name, key, attr, args):
     m = engine.load(key)
-    monkeypatch.setattr(m.model, attr, oom)
+    break_model(monkeypatch, m, attr)
     with pytest.raises(AppError, match="ran out of memory: try fewer tokens .* or a smaller model"):
         client.predict(*args, api_name=api_name)
     assert cuda_cache, "torch.cuda.empty_cache was not called"
@@ -248,7 +244,7 @@ def test_out_of_memory_in_the_tweet_models_free_answer_is_a_message(request, eng
     from ui import classification as tab
     m = engine.load("tinyllama-tweet")   # loaded before CUDA is pretended
     cuda_cache = request.getfixturevalue("cuda_cache")
-    monkeypatch.setattr(m.model, "generate", oom)
+    break_model(monkeypatch, m, "decode")
     with pytest.raises(gr.Error, match="ran out of memory"):
         tab.free_answer(engine, "Just got my dream job!", "tinyllama-tweet")
     assert cuda_cache and not m.lock.locked() and wait_until(lambda: not generation_threads())
@@ -258,11 +254,11 @@ def test_out_of_memory_in_the_tweet_models_free_answer_is_a_message(request, eng
 
 def test_out_of_memory_in_the_worker_reaches_the_caller_and_releases_the_model(
         ttl, monkeypatch):
-    monkeypatch.setattr(ttl.model, "generate", oom)
+    break_model(monkeypatch, ttl, "decode")
     ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
     with pytest.raises(torch.OutOfMemoryError):
         list(generation.stream(ttl, ids, Sampling(max_new_tokens=4)))
-    assert not ttl.lock.locked() and not generation_threads()
+    assert not ttl.lock.locked() and workers_stopped()
 
 
 @pytest.mark.parametrize("exc, is_oom", [

@@ -3,7 +3,6 @@ completions, "Why this token?" and perplexity checked against the logits,
 over-long prompts."""
 
 import math
-import threading
 import time
 
 import pytest
@@ -13,6 +12,8 @@ from inference import analysis, formats, generation
 from inference.generation import Sampling
 from inference.registry import REGISTRY
 from ui import generation as tab
+
+from conftest import workers_stopped
 
 
 def prompt_ids(m, text="A lhama é um animal"):
@@ -63,7 +64,7 @@ def test_stop_ends_the_worker_within_a_fraction_of_a_second(engine):
     t0 = time.perf_counter()
     gen.close()
     assert time.perf_counter() - t0 < 0.5
-    assert not [t for t in threading.enumerate() if t.name.startswith("generate-")]
+    assert workers_stopped(0.5)
 
 
 def test_empty_prompt_gets_a_message_not_an_error(engine):

@@ -7,8 +7,10 @@ import time
 import pytest
 import torch
 
-from inference import formats, generation
+from inference import decoder, formats, generation
 from inference.generation import Sampling
+
+from conftest import workers_stopped
 
 
 def prompt(m, text="A lhama é um animal"):
@@ -37,19 +39,20 @@ def test_greedy_matches_the_argmax_of_the_logits(ttl):
     assert text.startswith(ttl.tokenizer.decode([first]).strip()[:3])
 
 
-def test_generation_stops_at_the_models_end_token(aira):
+def test_generation_stops_at_the_models_end_token(aira, monkeypatch):
     """Force <|endofcompletion|> as the first token: nothing is generated."""
-    class ForceEnd(torch.nn.Module):
-        pass
     eos = aira.tokenizer.eos_token_id
+    forward = decoder.FORWARDS["gpt2"]
+
+    def ends(*args):
+        logits = forward(*args)
+        logits[:, eos] = 1e4
+        return logits
+
+    monkeypatch.setitem(decoder.FORWARDS, "gpt2", ends)
     s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=50)
-    kwargs = generation.generate_kwargs(aira, [50257, 100, 50259], s, threading.Event())
-    bias = torch.full((aira.model.config.vocab_size,), -1e4)
-    bias[eos] = 1e4
-    kwargs["logits_processor"].append(lambda ids, scores: scores + bias)
-    with torch.no_grad():
-        out = aira.model.generate(**kwargs)
-    assert out.shape[1] == 4 and int(out[0, -1]) == eos
+    items = list(generation.stream_tokens(aira, [50257, 100, 50259], s))
+    assert items == [("", [eos])]
 
 
 def test_closing_the_stream_stops_the_worker_at_once(ttl):
@@ -58,7 +61,7 @@ def test_closing_the_stream_stops_the_worker_at_once(ttl):
     t0 = time.perf_counter()
     it.close()
     assert time.perf_counter() - t0 < 0.5
-    assert not [t for t in threading.enumerate() if t.name.startswith("generate-")]
+    assert workers_stopped(0.5)
 
 
 def test_cancel_event_ends_generation_early(ttl):

@@ -213,9 +213,11 @@ def build(engine) -> None:
                         concurrency_id="chat")
     bot.undo(undo, bot, [bot, msg], api_visibility="private")
     stop.click(None, cancels=[sent, submitted, retried], api_visibility="private")
-    # Clearing during an answer also stops it, or the stream would refill the chat.
-    clear.click(lambda: ([], []), None, [bot, table], api_visibility="private",
-                cancels=[sent, submitted, retried])
+    # Clearing during an answer also stops it, or the stream would refill the
+    # chat; the chat is emptied once the cancel is done, not alongside it, or
+    # an update already on its way can land after the clear.
+    clear.click(None, cancels=[sent, submitted, retried], api_visibility="private").then(
+        lambda: ([], []), None, [bot, table], api_visibility="private")
     bot.clear(lambda: [], None, table, api_visibility="private")
 
     def chat_api(message: str, history: list[dict] | None = None,

@@ -1,0 +1,349 @@
+"""Batched decoding: every request streaming from one model is decoded in one
+batch, one token per step, over a key/value cache of our own with one row per
+request. Requests join the batch and leave it between steps (continuous
+batching): a new prompt is prefilled on its own, then decodes with the rest.
+
+Why not `model.generate`: it serves one request at a time, and on a small
+CPU a step costs about the same for one row as for eight (the time goes to
+reading the weights), so users who share a step share its cost. Writing the
+step by hand (as gpt-fast's `decode_one_token`) also drops most of the
+per-token overhead of transformers' generic forward, which on the 2-vCPU
+machine is a third of the time of an int8 step. The weights stay the
+model's own modules: what `fastpath.py` did to them (int8, bf16) applies.
+
+Read top to bottom: `Cache` -> `attend` -> one forward per architecture
+(`llama`, `gpt2`) -> the sampling of one row (`penalised`, `candidates`,
+`draw`) -> `Decoder`, the per-model worker that runs the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from queue import SimpleQueue
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+if TYPE_CHECKING:
+    from .generation import Sampling
+    from .loading import Loaded
+
+MAX_ROWS = 8         # requests decoded together per model; later ones wait their turn
+MIN_LENGTH = 128     # the cache grows by doubling from here
+
+
+# -- the cache -----------------------------------------------------------------
+class Cache:
+    """Keys and values of every layer for the rows of the batch, in one
+    tensor [layers, 2, rows, kv_heads, length, head_dim]. It grows by
+    doubling (in rows and in length) so that a short chat does not reserve
+    the whole context, and is dropped when the model goes idle."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, context: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.geometry = (layers, 2, kv_heads, head_dim)
+        self.context, self.dtype, self.device = context, dtype, device
+        self.kv: torch.Tensor | None = None
+
+    def reserve(self, rows: int, length: int) -> None:
+        have_rows, have_len = (self.kv.shape[2], self.kv.shape[4]) if self.kv is not None else (0, 0)
+        if rows <= have_rows and length <= have_len:
+            return
+
+        def grown(need, have, cap):
+            size = max(have, 1 if cap == MAX_ROWS else MIN_LENGTH)
+            while size < need:
+                size *= 2
+            return min(size, cap)
+
+        layers, two, heads, dim = self.geometry
+        # Zeros, not empty: masked positions are multiplied by 0 and must not be NaN.
+        kv = torch.zeros(layers, two, grown(rows, have_rows, MAX_ROWS), heads,
+                         grown(length, have_len, self.context), dim,
+                         dtype=self.dtype, device=self.device)
+        if self.kv is not None:
+            kv[:, :, :have_rows, :, :have_len] = self.kv
+        self.kv = kv
+
+    def move(self, src: int, dst: int) -> None:
+        self.kv[:, :, dst] = self.kv[:, :, src]
+
+
+@dataclass
+class Where:
+    """Which cache rows one forward pass reads and writes, and where."""
+    rows: slice                  # cache rows of the batch, in order
+    positions: torch.Tensor      # [batch, n] position of each input token
+    length: int                  # attention reads positions [0, length)
+    mask: torch.Tensor | None    # [batch, 1, 1, length]; None: causal (a prefill)
+
+
+def attend(cache: Cache, layer: int, where: Where, q, k, v, scale: float | None = None):
+    """Store this step's keys and values, attend over the cache, and return
+    [batch, n, heads * head_dim]."""
+    keys, values = cache.kv[layer, 0, where.rows], cache.kv[layer, 1, where.rows]
+    batch = torch.arange(q.shape[0], device=q.device)[:, None]
+    keys[batch, :, where.positions] = k.transpose(1, 2)
+    values[batch, :, where.positions] = v.transpose(1, 2)
+    keys, values = keys[:, :, :where.length], values[:, :, :where.length]
+    out = F.scaled_dot_product_attention(
+        q, keys, values, attn_mask=where.mask, is_causal=where.mask is None, scale=scale,
+        enable_gqa=keys.shape[1] != q.shape[1])
+    return out.transpose(1, 2).flatten(2)
+
+
+def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
+
+
+# -- one forward pass per architecture ------------------------------------------
+# Each takes token ids [batch, n] and returns the next-token logits of the
+# last position [batch, vocab]. They call the model's own modules, so the
+# weights are exactly those transformers loaded (and the fast path changed).
+
+def llama(model, ids: torch.Tensor, where: Where, cache: Cache) -> torch.Tensor:
+    base = model.model
+    x = base.embed_tokens(ids)
+    cos, sin = base.rotary_emb(x, where.positions)
+    for i, layer in enumerate(base.layers):
+        a = layer.self_attn
+        h = layer.input_layernorm(x)
+        q, k, v = (heads(proj(h), a.head_dim) for proj in (a.q_proj, a.k_proj, a.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        x = x + a.o_proj(attend(cache, i, where, q, k, v, a.scaling))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return model.lm_head(base.norm(x[:, -1]))
+
+
+def gpt2(model, ids: torch.Tensor, where: Where, cache: Cache) -> torch.Tensor:
+    t = model.transformer
+    x = t.wte(ids) + t.wpe(where.positions)
+    for i, block in enumerate(t.h):
+        a = block.attn
+        qkv = a.c_attn(block.ln_1(x)).split(a.split_size, dim=2)
+        q, k, v = (heads(p, a.head_dim) for p in qkv)
+        x = x + a.c_proj(attend(cache, i, where, q, k, v))
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(t.ln_f(x[:, -1]))
+
+
+FORWARDS: dict[str, Callable] = {"llama": llama, "gpt2": gpt2}
+
+
+def base_model(model):
+    """The causal LM under a PEFT wrapper (the 4-bit tweet adapter stays wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def new_cache(m: "Loaded") -> Cache:
+    c = base_model(m.model).config
+    if c.model_type not in FORWARDS:
+        raise ValueError(f"Streaming is not implemented for {c.model_type!r} models.")
+    if getattr(c, "scale_attn_by_inverse_layer_idx", False) or getattr(c, "reorder_and_upcast_attn", False):
+        raise ValueError("GPT-2 attention variants are not supported.")
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    dtype = next(p.dtype for p in m.model.parameters() if p.is_floating_point())
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        dtype = m.dtype   # 4-bit weights compute in the engine's dtype
+    context = min(m.spec.max_input_tokens, c.max_position_embeddings)
+    return Cache(c.num_hidden_layers, kv_heads, head_dim, context, dtype, m.device)
+
+
+# -- sampling one row ------------------------------------------------------------
+def penalised(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty as transformers applies it (CTRL's): the logit of
+    every token already in the text is divided by `penalty` when positive,
+    multiplied when negative."""
+    if penalty == 1.0 or not len(seen):
+        return logits
+    logits = logits.clone()
+    prev = logits[seen]
+    logits[seen] = torch.where(prev < 0, prev * penalty, prev / penalty)
+    return logits
+
+
+def candidates(logits: torch.Tensor, s: "Sampling") -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens sampling may draw and their probabilities, after
+    temperature, top-k and top-p (in that order, as in transformers). Works
+    on the top-k alone: sorting 32,000 logits for every token is not free."""
+    logits = logits.float() / s.temperature
+    if 0 < s.top_k < logits.shape[-1]:
+        values, ids = logits.topk(s.top_k)
+    else:
+        values, ids = logits.sort(descending=True)
+    probs = torch.softmax(values, -1)
+    if s.top_p < 1.0:   # keep the most likely tokens until their mass reaches top_p
+        probs = probs * ((probs.cumsum(-1) - probs) < s.top_p)
+        probs = probs / probs.sum()
+    return ids, probs
+
+
+def draw(logits: torch.Tensor, seen: torch.Tensor, s: "Sampling",
+         generator: torch.Generator) -> int:
+    """The next token of one row: greedy, or drawn with the row's own
+    generator, so that a seed gives the same text whoever else is served."""
+    logits = penalised(logits, seen, s.repetition_penalty)
+    if not s.do_sample:
+        return int(logits.argmax())
+    ids, probs = candidates(logits, s)
+    return int(ids[torch.multinomial(probs, 1, generator=generator)])
+
+
+# -- the worker ------------------------------------------------------------------
+@dataclass(eq=False)
+class Request:
+    """One prompt being decoded. Its token ids arrive on `out`, then None
+    (finished) or the exception that stopped it."""
+    ids: list[int]
+    s: "Sampling"
+    stop: frozenset[int]
+    cancel: threading.Event
+    out: SimpleQueue = field(default_factory=SimpleQueue)
+    released: threading.Event = field(default_factory=threading.Event)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    seen: torch.Tensor | None = None   # prompt + new ids, for the repetition penalty
+    length: int = 0                    # tokens in the cache
+    new: int = 0                       # tokens generated
+
+    def __post_init__(self):
+        if self.s.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(self.s.seed)
+        self.seen = torch.tensor(self.ids + [0] * self.s.max_new_tokens)
+
+    def finish(self, item=None) -> None:
+        self.out.put(item)
+        self.released.set()
+
+
+class Decoder:
+    """The batch of one model. A worker thread runs while there is work:
+    each turn it prefills at most one waiting prompt (so that a long prompt
+    delays the others by one prefill only), then decodes one token for
+    every row. It holds the model's lock for one step at a time, so a
+    classification or a perplexity on the same model runs between steps."""
+
+    def __init__(self, m: "Loaded", max_rows: int = MAX_ROWS):
+        self.m, self.max_rows = m, max_rows
+        self.arch = base_model(m.model).config.model_type
+        self.cache = new_cache(m)
+        self.rows: list[Request] = []            # row i is cache row i (worker only)
+        self._waiting: deque[Request] = deque()
+        self._guard = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self.sizes: deque[int] = deque(maxlen=1000)   # rows per step, for tests and logs
+
+    def submit(self, ids: list[int], s: "Sampling", cancel: threading.Event | None = None,
+               stop: frozenset[int] | None = None) -> Request:
+        if stop is None:
+            stop = end_tokens(self.m)
+        request = Request(list(ids), s, frozenset(stop), cancel or threading.Event())
+        with self._guard:
+            self._waiting.append(request)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, daemon=True,
+                                                name=f"generate-{self.m.spec.key}")
+                self._worker.start()
+        return request
+
+    def _run(self) -> None:
+        while True:
+            with self._guard:
+                self._drop_cancelled()
+                if not self.rows and not self._waiting:
+                    self._worker, self.cache.kv = None, None   # idle: give the memory back
+                    return
+                newcomer = (self._waiting.popleft()
+                            if self._waiting and len(self.rows) < self.max_rows else None)
+            try:
+                with self.m.lock, torch.inference_mode():
+                    if newcomer is not None:
+                        self._prefill(newcomer)
+                    if self.rows and newcomer not in self.rows:
+                        self._step()
+                    elif len(self.rows) > 1:
+                        self._step(skip_last=True)
+            except BaseException as exc:   # every request in the batch gets the error
+                for r in self.rows + ([newcomer] if newcomer is not None else []):
+                    if not r.released.is_set():
+                        r.finish(exc)
+                self.rows, self.cache.kv = [], None
+
+    def _drop_cancelled(self) -> None:
+        for r in [r for r in self._waiting if r.cancel.is_set()]:
+            self._waiting.remove(r)
+            r.finish()
+        for r in [r for r in self.rows if r.cancel.is_set()]:
+            self._release(r)
+
+    def _release(self, r: Request) -> None:
+        i, last = self.rows.index(r), len(self.rows) - 1
+        if i != last:   # keep the rows packed: the last one takes the freed row
+            self.cache.move(last, i)
+            self.rows[i] = self.rows[last]
+        self.rows.pop()
+        r.finish()
+
+    def _prefill(self, r: Request) -> None:
+        n = len(r.ids)
+        row = len(self.rows)
+        self.cache.reserve(row + 1, n + 1)
+        ids = torch.tensor([r.ids], device=self.m.device)
+        where = Where(slice(row, row + 1), torch.arange(n, device=self.m.device)[None], n, None)
+        logits = FORWARDS[self.arch](self.m.model, ids, where, self.cache)
+        r.length = n
+        self.rows.append(r)
+        self._emit([r], logits)
+
+    def _step(self, skip_last: bool = False) -> None:
+        """One token for every row (but a row prefilled this turn, which already has its first)."""
+        rows = self.rows[:-1] if skip_last else self.rows
+        self.sizes.append(len(rows))
+        length = max(r.length for r in rows) + 1
+        self.cache.reserve(len(rows), length)
+        device = self.m.device
+        ids = torch.tensor([[int(r.seen[len(r.ids) + r.new - 1])] for r in rows], device=device)
+        positions = torch.tensor([[r.length] for r in rows], device=device)
+        mask = (torch.arange(length, device=device)[None] <= positions)[:, None, None]
+        logits = FORWARDS[self.arch](self.m.model, ids, Where(slice(0, len(rows)), positions, length, mask),
+                              self.cache)
+        for r in rows:
+            r.length += 1
+        self._emit(rows, logits)
+
+    def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
+        logits = logits.float().cpu()
+        done = []
+        for r, row in zip(rows, logits):
+            token = draw(row, r.seen[:len(r.ids) + r.new], r.s, r.generator)
+            r.seen[len(r.ids) + r.new] = token
+            r.new += 1
+            r.out.put(token)
+            if (token in r.stop or r.new >= r.s.max_new_tokens
+                    or r.length + 1 >= self.cache.context):
+                done.append(r)
+        for r in done:
+            self._release(r)
+
+
+def end_tokens(m: "Loaded") -> frozenset[int]:
+    eos = m.model.generation_config.eos_token_id if getattr(m.model, "generation_config", None) else None
+    eos = eos if eos is not None else m.tokenizer.eos_token_id
+    return frozenset(eos if isinstance(eos, (list, tuple)) else [eos])
+
+
+_making = threading.Lock()
+
+
+def decoder_for(m: "Loaded") -> Decoder:
+    """The model's decoder, made on first use and kept with the model."""
+    with _making:
+        if "decoder" not in m.extras:
+            m.extras["decoder"] = Decoder(m)
+        return m.extras["decoder"]

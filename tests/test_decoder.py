@@ -1,0 +1,151 @@
+"""The batched decoder: its hand-written forward computes what transformers'
+forward computes, requests that arrive together share decode steps, and each
+request's text does not depend on who else is being served."""
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from inference import decoder, formats, generation
+from inference.decoder import Cache, Where
+from inference.generation import Sampling
+from inference.loading import Engine, Settings
+
+from conftest import STANDIN_DIR, wait_until
+
+
+@pytest.fixture(scope="module")
+def fp32_engine():
+    """Stand-ins without the CPU fast path, so both sides have the same weights."""
+    return Engine(Settings(standin=True, standin_dir=str(STANDIN_DIR), fast="off"))
+
+
+@pytest.mark.parametrize("key", ["ttl-160m", "aira-2-124m"])
+def test_prefill_and_batched_steps_match_transformers(fp32_engine, key):
+    m = fp32_engine.load(key)
+    prompts = [[5, 100, 200, 300, 400, 17], [5, 900, 41], [5, 77, 78, 79, 80, 81, 82, 83, 84]]
+    cache = decoder.new_cache(m)
+    cache.reserve(len(prompts), 32)
+    forward = decoder.FORWARDS[m.model.config.model_type]
+    nexts, lengths = [], []
+    with torch.inference_mode():
+        for row, ids in enumerate(prompts):
+            where = Where(slice(row, row + 1), torch.arange(len(ids))[None], len(ids), None)
+            logits = forward(m.model, torch.tensor([ids]), where, cache)
+            reference = m.model(torch.tensor([ids])).logits[0, -1]
+            torch.testing.assert_close(logits[0], reference, atol=1e-4, rtol=1e-4)
+            nexts.append(int(reference.argmax()))
+            lengths.append(len(ids))
+        for _ in range(3):   # three decode steps with all rows together
+            positions = torch.tensor(lengths)[:, None]
+            length = max(lengths) + 1
+            mask = (torch.arange(length)[None] <= positions)[:, None, None]
+            logits = forward(m.model, torch.tensor(nexts)[:, None],
+                             Where(slice(0, len(prompts)), positions, length, mask), cache)
+            for row, ids in enumerate(prompts):
+                ids.append(nexts[row])
+                reference = m.model(torch.tensor([ids])).logits[0, -1]
+                torch.testing.assert_close(logits[row], reference, atol=1e-4, rtol=1e-4)
+                nexts[row] = int(reference.argmax())
+                lengths[row] += 1
+
+
+def test_greedy_stream_is_transformers_greedy_search(fp32_engine):
+    m = fp32_engine.load("ttl-160m")
+    ids = formats.encode("plain", m.tokenizer, {"text": "A lhama é um animal"})
+    s = Sampling(do_sample=False, repetition_penalty=1.3, max_new_tokens=12)
+    new = list(generation.stream_tokens(m, ids, s))[-1][1]
+    with torch.inference_mode():
+        out = m.model.generate(torch.tensor([ids]), do_sample=False, repetition_penalty=1.3,
+                               max_new_tokens=12, temperature=None, top_p=None, top_k=None,
+                               pad_token_id=m.tokenizer.pad_token_id)
+    assert new == out[0, len(ids):].tolist()
+
+
+def test_concurrent_requests_share_steps_and_keep_their_own_text(fp32_engine):
+    ttl = fp32_engine.load("ttl-160m")
+    ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama é um animal"})
+    samplings = [Sampling(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=24, seed=seed)
+                 for seed in range(4)]
+    alone = [generation.complete(ttl, ids, s) for s in samplings]
+    d = decoder.decoder_for(ttl)
+    d.sizes.clear()
+    together = [None] * 4
+    start = threading.Barrier(4)
+
+    def run(i):
+        start.wait()
+        together[i] = generation.complete(ttl, ids, samplings[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(d.sizes) >= 3, "the four requests should have been decoded together"
+    assert together == alone   # each row draws with its own seeded generator
+
+
+def test_with_int8_weights_batched_text_starts_as_alone_and_stays_on_topic(ttl):
+    """int8 activations are scaled per batch, so a neighbour can move a logit
+    by a hair and a sampled text part from its solo twin after a few tokens.
+    The first token (its prefill runs alone) is always the same."""
+    ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama é um animal"})
+    s = Sampling(max_new_tokens=8, seed=3)
+    alone = list(generation.stream_tokens(ttl, ids, s))[-1][1]
+    out = [None] * 3
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(
+        i, list(generation.stream_tokens(ttl, ids, s))[-1][1])) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(o[0] == alone[0] and len(o) == len(alone) for o in out)
+
+
+def test_a_request_that_joins_late_and_one_that_leaves_early(ttl):
+    ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
+    d = decoder.decoder_for(ttl)
+    long = d.submit(ids, Sampling(do_sample=False, max_new_tokens=60), stop=frozenset())
+    first = long.out.get()   # the long one is decoding
+    short = d.submit(ids, Sampling(do_sample=False, max_new_tokens=3), stop=frozenset())
+    got = [short.out.get() for _ in range(4)]
+    assert got[-1] is None and len(got[:-1]) == 3
+    rest = []
+    while (t := long.out.get()) is not None:
+        rest.append(t)
+    assert len([first] + rest) == 60
+    assert short.released.is_set() and long.released.is_set()
+
+
+def test_cache_grows_by_doubling_and_is_given_back_when_idle(ttl):
+    c = decoder.new_cache(ttl)
+    c.reserve(1, 10)
+    assert c.kv.shape[2] == 1 and c.kv.shape[4] == decoder.MIN_LENGTH
+    c.kv[:, :, 0, :, :3] = 1.0
+    c.reserve(3, decoder.MIN_LENGTH + 1)
+    assert c.kv.shape[2] == 4 and c.kv.shape[4] == 2 * decoder.MIN_LENGTH
+    assert float(c.kv[:, :, 0, :, :3].min()) == 1.0   # kept across the growth
+    c.reserve(100, 10**6)
+    assert c.kv.shape[2] == decoder.MAX_ROWS and c.kv.shape[4] == c.context
+    ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
+    generation.complete(ttl, ids, Sampling(max_new_tokens=3, seed=1))
+    d = decoder.decoder_for(ttl)
+    assert wait_until(lambda: d.cache.kv is None and d._worker is None, 2)
+
+
+def test_top_k_and_top_p_keep_the_tokens_transformers_keeps():
+    from transformers import TopKLogitsWarper, TopPLogitsWarper, TemperatureLogitsWarper
+    torch.manual_seed(0)
+    logits = torch.randn(1000) * 3
+    for top_k, top_p, temp in [(20, 0.2, 0.2), (50, 1.0, 0.1), (0, 0.9, 1.0), (0, 1.0, 0.7)]:
+        s = Sampling(temperature=temp, top_k=top_k, top_p=top_p)
+        ids, probs = decoder.candidates(logits, s)
+        x = TemperatureLogitsWarper(temp)(None, logits[None].clone())
+        x = TopKLogitsWarper(top_k)(None, x) if top_k else x
+        x = TopPLogitsWarper(top_p)(None, x) if top_p < 1 else x
+        expected = torch.softmax(x[0], -1)
+        got = torch.zeros(1000).scatter_(0, ids, probs)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
