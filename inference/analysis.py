@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -51,13 +52,6 @@ def token_texts(tokenizer, ids: list[int], start: int) -> list[str]:
     return out
 
 
-@torch.inference_mode()
-def _logits(m: Loaded, ids: list[int]) -> torch.Tensor:
-    with m.lock:
-        x = torch.tensor([ids], device=m.device)
-        return m.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float().cpu()
-
-
 def _distribution(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torch.Tensor:
     """The distribution the decoder drew from (decoder.py's own functions)."""
     logits = penalised(logits, seen, s.repetition_penalty)
@@ -67,16 +61,25 @@ def _distribution(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torc
     return torch.zeros_like(logits).scatter_(0, ids, probs)
 
 
-def _infos(m: Loaded, ids: list[int], start: int, probs: torch.Tensor) -> list[TokenInfo]:
-    """TokenInfo for ids[start:], where probs[i] is the distribution that
-    predicted ids[start + i]."""
+def _scored(m: Loaded, ids: list[int], start: int,
+            to_probs: Callable[[torch.Tensor], torch.Tensor]) -> list[TokenInfo]:
+    """TokenInfo for ids[start:]: one forward pass over `ids` on the compute
+    thread, `to_probs` turning the logits that predicted ids[start:] into
+    distributions there too; only the small results leave it."""
+    def compute():
+        x = torch.tensor([ids], device=m.device)
+        logits = m.model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        probs = to_probs(logits[0, start - 1:-1].float().cpu())
+        chosen = probs[torch.arange(len(probs)), torch.tensor(ids[start:])]
+        return chosen.tolist(), *probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]), dim=-1)
+
+    chosen, top_p, top_i = m.run(compute)
     texts = token_texts(m.tokenizer, ids, start)
-    top_p, top_i = probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]), dim=-1)
     out = []
     for i, (text, tid) in enumerate(zip(texts, ids[start:])):
         alts = tuple((m.tokenizer.decode([int(j)]), float(p))
                      for p, j in zip(top_p[i], top_i[i]) if p > 0)
-        out.append(TokenInfo(text, tid, float(probs[i, tid]), alts))
+        out.append(TokenInfo(text, tid, chosen[i], alts))
     return out
 
 
@@ -86,11 +89,9 @@ def explain(m: Loaded, prompt_ids: list[int], new_ids: list[int], s: Sampling) -
     if not new_ids:
         return []
     ids = list(prompt_ids) + list(new_ids)
-    logits = _logits(m, ids)[len(prompt_ids) - 1:-1]
-    seq = torch.tensor(ids)
-    probs = torch.stack([_distribution(logits[i], seq[:len(prompt_ids) + i], s)
-                         for i in range(len(new_ids))])
-    return _infos(m, ids, len(prompt_ids), probs)
+    seq, n = torch.tensor(ids), len(prompt_ids)
+    return _scored(m, ids, n, lambda logits: torch.stack(
+        [_distribution(row, seq[:n + i], s) for i, row in enumerate(logits)]))
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,6 @@ def perplexity(m: Loaded, ids: list[int]) -> Perplexity:
         raise ValueError("The text needs at least one token to score.")
     room = m.spec.max_input_tokens
     ids, dropped = ids[:room], max(len(ids) - room, 0)
-    probs = torch.softmax(_logits(m, ids)[:-1], dim=-1)
-    tokens = _infos(m, ids, 1, probs)
-    nll = -torch.log(probs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]).mean()
-    return Perplexity(float(torch.exp(nll)), tokens, dropped)
+    tokens = _scored(m, ids, 1, lambda logits: torch.softmax(logits, -1))
+    nll = -sum(math.log(t.prob) if t.prob > 0 else -math.inf for t in tokens) / len(tokens)
+    return Perplexity(math.exp(nll) if nll < 700 else math.inf, tokens, dropped)

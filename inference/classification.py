@@ -34,20 +34,16 @@ def classify(m: Loaded, rows: Sequence[Mapping[str, str]]) -> list[dict[str, flo
     padded to the longest row and run as one batch."""
     ids = [encode_inputs(m, r) for r in rows]
     input_ids, mask = _pad(ids, m.model.config.pad_token_id, m.device)
-    with m.lock, torch.inference_mode():
-        logits = m.model(input_ids=input_ids, attention_mask=mask).logits.float()
+    logits = m.run(lambda: m.model(input_ids=input_ids, attention_mask=mask).logits.float())
     probs = torch.softmax(logits, dim=-1).cpu()
     return [dict(zip(m.spec.labels, map(float, p))) for p in probs]
 
 
 def score_pairs(m: Loaded, pairs: Sequence[tuple[str, str]]) -> list[float]:
     """The scorers' single logit for each (question, answer) pair."""
-    out = []
-    with m.lock, torch.inference_mode():
-        for q, a in pairs:
-            enc = encode_pair(m.tokenizer, q, a, m.spec.max_input_tokens).to(m.device)
-            out.append(float(m.model(**enc).logits[0, 0]))
-    return out
+    encoded = [encode_pair(m.tokenizer, q, a, m.spec.max_input_tokens).to(m.device)
+               for q, a in pairs]
+    return m.run(lambda: [float(m.model(**enc).logits[0, 0]) for enc in encoded])
 
 
 def label_logprobs(m: Loaded, text: str) -> dict[str, float]:
@@ -65,8 +61,7 @@ def label_logprobs(m: Loaded, text: str) -> dict[str, float]:
     seqs = [s[cut:] for s in seqs]
     shared -= cut
     input_ids, mask = _pad(seqs, m.tokenizer.pad_token_id, m.device)
-    with m.lock, torch.inference_mode():
-        logits = m.model(input_ids=input_ids, attention_mask=mask).logits.float()
+    logits = m.run(lambda: m.model(input_ids=input_ids, attention_mask=mask).logits.float())
     logp = torch.log_softmax(logits, -1)
     return {label: float(sum(logp[row, p - 1, seq[p]] for p in range(shared, len(seq))))
             for row, (label, seq) in enumerate(zip(m.spec.labels, seqs))}

@@ -223,11 +223,11 @@ class Request:
 
 
 class Decoder:
-    """The batch of one model. A worker thread runs while there is work:
-    each turn it prefills at most one waiting prompt (so that a long prompt
-    delays the others by one prefill only), then decodes one token for
-    every row. It holds the model's lock for one step at a time, so a
-    classification or a perplexity on the same model runs between steps."""
+    """The batch of one model. The engine's worker (worker.py) gives it turns
+    while it is busy: each turn prefills at most one waiting prompt (so that
+    a long prompt delays the others by one prefill only), then decodes one
+    token for every row. Other work on the worker (a classification, a
+    perplexity, another model's turn) runs between turns."""
 
     def __init__(self, m: "Loaded", max_rows: int = MAX_ROWS):
         self.m, self.max_rows = m, max_rows
@@ -236,8 +236,11 @@ class Decoder:
         self.rows: list[Request] = []            # row i is cache row i (worker only)
         self._waiting: deque[Request] = deque()
         self._guard = threading.Lock()
-        self._worker: threading.Thread | None = None
         self.sizes: deque[int] = deque(maxlen=1000)   # rows per step, for tests and logs
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self._waiting)
 
     def submit(self, ids: list[int], s: "Sampling", cancel: threading.Event | None = None,
                stop: frozenset[int] | None = None) -> Request:
@@ -246,34 +249,28 @@ class Decoder:
         request = Request(list(ids), s, frozenset(stop), cancel or threading.Event())
         with self._guard:
             self._waiting.append(request)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, daemon=True,
-                                                name=f"generate-{self.m.spec.key}")
-                self._worker.start()
+        self.m.worker.wake(self)
         return request
 
-    def _run(self) -> None:
-        while True:
-            with self._guard:
-                self._drop_cancelled()
-                if not self.rows and not self._waiting:
-                    self._worker, self.cache.kv = None, None   # idle: give the memory back
-                    return
-                newcomer = (self._waiting.popleft()
-                            if self._waiting and len(self.rows) < self.max_rows else None)
-            try:
-                with self.m.lock, torch.inference_mode():
-                    if newcomer is not None:
-                        self._prefill(newcomer)
-                    if self.rows and newcomer not in self.rows:
-                        self._step()
-                    elif len(self.rows) > 1:
-                        self._step(skip_last=True)
-            except BaseException as exc:   # every request in the batch gets the error
-                for r in self.rows + ([newcomer] if newcomer is not None else []):
-                    if not r.released.is_set():
-                        r.finish(exc)
-                self.rows, self.cache.kv = [], None
+    def turn(self) -> None:
+        with self._guard:
+            self._drop_cancelled()
+            newcomer = (self._waiting.popleft()
+                        if self._waiting and len(self.rows) < self.max_rows else None)
+        try:
+            if newcomer is not None:
+                self._prefill(newcomer)
+            if self.rows and newcomer not in self.rows:
+                self._step()
+            elif len(self.rows) > 1:
+                self._step(skip_last=True)
+        except BaseException as exc:   # every request in the batch gets the error
+            for r in self.rows + ([newcomer] if newcomer is not None else []):
+                if not r.released.is_set():
+                    r.finish(exc)
+            self.rows = []
+        if not self.rows:
+            self.cache.kv = None   # idle: give the memory back
 
     def _drop_cancelled(self) -> None:
         for r in [r for r in self._waiting if r.cancel.is_set()]:

@@ -7,6 +7,7 @@ made at start-up from `Settings` and handed to every tab.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -14,13 +15,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlparse
 
 import torch
 
 from . import fastpath, faults, standins
 from .registry import CLASSIFY, SCORE, ModelSpec, get_spec
+from .worker import Worker
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +111,14 @@ class Loaded:
     is_standin: bool = False
     notice: str | None = None    # markdown for the tab's banner
     fast: str = "off"            # the CPU fast path's road (fastpath.py)
-    # One generation at a time per model: a small CPU is not oversubscribed
-    # and per-request seeds stay reproducible. Other models run alongside.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # The engine's compute thread: every forward pass runs there (worker.py).
+    worker: Worker = field(default_factory=Worker, repr=False)
     # Per-model helpers that live as long as the model (e.g. a micro-batcher).
     extras: dict = field(default_factory=dict, repr=False)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """`fn()` (a forward pass on this model) run on the compute thread."""
+        return self.worker.call(fn)
 
     @property
     def label(self) -> str:
@@ -119,6 +126,31 @@ class Loaded:
         parts += ["int8 weights"] if self.fast == "int8" else []
         parts += ["stand-in"] if self.is_standin else []
         return " · ".join(parts)
+
+
+def in_passing_thread(fn: Callable[[], T]) -> T:
+    """`fn()` run on a thread that ends with it. Loading runs torch's parallel
+    code, and the OpenMP team a thread gets for that lives as long as the
+    thread: left in a long-lived server thread, it would slow the compute
+    thread down (worker.py says why). Loading can take minutes (a download),
+    so it does not run on the compute thread itself. The caller's context
+    variables go along (Gradio finds the progress bar to update through them)."""
+    out: list = []
+    context = contextvars.copy_context()
+
+    def run():
+        try:
+            out.append((True, context.run(fn)))
+        except BaseException as exc:
+            out.append((False, exc))
+
+    t = threading.Thread(target=run, name="engine-load", daemon=True)
+    t.start()
+    t.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 def pick_device(choice: str) -> torch.device:
@@ -168,6 +200,7 @@ class Engine:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._hub_ok: bool | None = None
+        self.worker = Worker()
 
     # -- public ---------------------------------------------------------
     def load(self, key: str, revision: str | None = None,
@@ -186,7 +219,8 @@ class Engine:
             if cached and cached.revision == revision:
                 return cached
             self._cache.pop(key, None)   # free the previous checkpoint first
-            loaded = self._load(spec, revision, status)
+            loaded = in_passing_thread(lambda: self._load(spec, revision, status))
+            loaded.worker = self.worker
             self._cache[key] = loaded
             return loaded
 

@@ -45,12 +45,13 @@ def wait_until(condition, seconds=5.0) -> bool:
 
 
 def generation_threads() -> list[threading.Thread]:
-    """The models' decode workers (decoder.py) still running."""
-    return [t for t in threading.enumerate() if t.name.startswith("generate-")]
+    """The engine's compute thread (worker.py), if it is running."""
+    return [t for t in threading.enumerate() if t.name == "engine-worker"]
 
 
 def workers_stopped(seconds=1.0) -> bool:
-    """A worker ends as soon as its last request leaves the batch."""
+    """The compute thread ends as soon as it has no work: no request left in
+    any batch, no forward pass waiting."""
     return wait_until(lambda: not generation_threads(), seconds)
 
 

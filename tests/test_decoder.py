@@ -133,7 +133,7 @@ def test_cache_grows_by_doubling_and_is_given_back_when_idle(ttl):
     ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
     generation.complete(ttl, ids, Sampling(max_new_tokens=3, seed=1))
     d = decoder.decoder_for(ttl)
-    assert wait_until(lambda: d.cache.kv is None and d._worker is None, 2)
+    assert wait_until(lambda: d.cache.kv is None and not ttl.worker.running, 2)
 
 
 def test_top_k_and_top_p_keep_the_tokens_transformers_keeps():

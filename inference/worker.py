@@ -1,0 +1,89 @@
+"""The engine's one compute thread: every forward pass of every model runs on
+it, the batched decoding of each model (decoder.py) and the one-off passes
+(classification, perplexity) alike.
+
+Why one thread: torch's OpenMP runtime keeps a team of worker threads for
+each thread that has run parallel work, and when the live teams outnumber
+the cores it stops spinning between operations and puts its threads to
+sleep. On the 2-vCPU machine an int8 TeenyTinyLlama-160m decode step took
+12 ms from the only thread that had run torch and 24 ms from a second one
+(docs/performance.md). A small CPU gains nothing from running two forward
+passes at once anyway; on a GPU one thread feeding it is the usual design.
+
+The thread runs while there is work and ends when there is none, so an idle
+app holds no thread and no OpenMP team.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future
+from typing import Callable, Protocol, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class Turns(Protocol):
+    """Something with work in steps: the worker calls `turn()` while `busy`."""
+    busy: bool
+
+    def turn(self) -> None: ...
+
+
+class Worker:
+    def __init__(self, name: str = "engine-worker"):
+        self.name = name
+        self._guard = threading.Lock()
+        self._jobs: deque[tuple[Callable, Future]] = deque()
+        self._active: dict[Turns, None] = {}   # an ordered set: turns go round in order
+        self._thread: threading.Thread | None = None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the worker (under inference mode) and return its
+        result or raise its error. Jobs run between decode steps, first come
+        first served."""
+        if threading.current_thread() is self._thread:
+            with torch.inference_mode():
+                return fn()
+        fut: Future = Future()
+        with self._guard:
+            self._jobs.append((fn, fut))
+            self._start()
+        return fut.result()
+
+    def wake(self, turns: Turns) -> None:
+        """`turns` has work: give it turns until it is no longer busy."""
+        with self._guard:
+            self._active[turns] = None
+            self._start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def _start(self) -> None:   # with self._guard held
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._guard:
+                self._active = {t: None for t in self._active if t.busy}
+                if not self._jobs and not self._active:
+                    self._thread = None
+                    return
+                job = self._jobs.popleft() if self._jobs else None
+                active = list(self._active)
+            with torch.inference_mode():
+                if job is not None:
+                    fn, fut = job
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:   # the caller gets it; the worker goes on
+                        fut.set_exception(exc)
+                for t in active:
+                    t.turn()
