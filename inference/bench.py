@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     models = a.models or (["ttl-160m", CLASSIFIER] if a.quick else [*GENERATIVE, CLASSIFIER])
     roads = a.roads or (["auto"] if a.quick else ["int8", "bf16", "off"])
     cfg = {"repeats": a.repeats or 3, "rounds": a.rounds or (2 if a.quick else 3),
-           "new_tokens": a.new_tokens or (32 if a.quick else 128)}
+           "new_tokens": a.new_tokens or 128}   # as in the measurements
     info = machine()
     bandwidth = read_bandwidth_gbs()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "

@@ -105,18 +105,28 @@ def heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
 # last position [batch, vocab]. They call the model's own modules, so the
 # weights are exactly those transformers loaded (and the fast path changed).
 
+def rms(norm, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm in one fused operation instead of eight small ones."""
+    return F.rms_norm(x, x.shape[-1:], norm.weight, norm.variance_epsilon)
+
+
 def llama(model, ids: torch.Tensor, where: Where, cache: Cache) -> torch.Tensor:
     base = model.model
     x = base.embed_tokens(ids)
     cos, sin = base.rotary_emb(x, where.positions)
     for i, layer in enumerate(base.layers):
         a = layer.self_attn
-        h = layer.input_layernorm(x)
-        q, k, v = (heads(proj(h), a.head_dim) for proj in (a.q_proj, a.k_proj, a.v_proj))
+        h = rms(layer.input_layernorm, x)
+        if hasattr(a, "qkv_proj"):   # stacked by fastpath.fuse
+            qkv = a.qkv_proj(h).split([a.q_proj.out_features, a.k_proj.out_features,
+                                       a.v_proj.out_features], dim=-1)
+        else:
+            qkv = (a.q_proj(h), a.k_proj(h), a.v_proj(h))
+        q, k, v = (heads(t, a.head_dim) for t in qkv)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         x = x + a.o_proj(attend(cache, i, where, q, k, v, a.scaling))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return model.lm_head(base.norm(x[:, -1]))
+        x = x + layer.mlp(rms(layer.post_attention_layernorm, x))
+    return model.lm_head(rms(base.norm, x[:, -1]))
 
 
 def gpt2(model, ids: torch.Tensor, where: Where, cache: Cache) -> torch.Tensor:

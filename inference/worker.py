@@ -10,8 +10,9 @@ sleep. On the 2-vCPU machine an int8 TeenyTinyLlama-160m decode step took
 (docs/performance.md). A small CPU gains nothing from running two forward
 passes at once anyway; on a GPU one thread feeding it is the usual design.
 
-The thread runs while there is work and ends when there is none, so an idle
-app holds no thread and no OpenMP team.
+The thread runs while there is work and ends after `linger_s` without any,
+so an idle app holds no thread and no OpenMP team, while requests that come
+one after another do not each pay for a new thread and a new team.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ class Turns(Protocol):
 
 
 class Worker:
-    def __init__(self, name: str = "engine-worker"):
-        self.name = name
-        self._guard = threading.Lock()
+    def __init__(self, name: str = "engine-worker", linger_s: float = 2.0):
+        self.name, self.linger_s = name, linger_s
+        self._guard = threading.Condition()
         self._jobs: deque[tuple[Callable, Future]] = deque()
         self._active: dict[Turns, None] = {}   # an ordered set: turns go round in order
         self._thread: threading.Thread | None = None
+        self._in_job = False
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the worker (under inference mode) and return its
@@ -52,6 +54,7 @@ class Worker:
         with self._guard:
             self._jobs.append((fn, fut))
             self._start()
+            self._guard.notify()
         return fut.result()
 
     def wake(self, turns: Turns) -> None:
@@ -59,10 +62,18 @@ class Worker:
         with self._guard:
             self._active[turns] = None
             self._start()
+            self._guard.notify()
 
     @property
     def running(self) -> bool:
+        """The thread is alive (working, or lingering for more work)."""
         return self._thread is not None
+
+    @property
+    def idle(self) -> bool:
+        """No job waiting or running, and no decoder with requests."""
+        with self._guard:
+            return not (self._jobs or self._in_job or any(t.busy for t in self._active))
 
     def _start(self) -> None:   # with self._guard held
         if self._thread is None:
@@ -74,9 +85,13 @@ class Worker:
             with self._guard:
                 self._active = {t: None for t in self._active if t.busy}
                 if not self._jobs and not self._active:
-                    self._thread = None
-                    return
+                    self._guard.wait(self.linger_s)   # woken by call() or wake()
+                    self._active = {t: None for t in self._active if t.busy}
+                    if not self._jobs and not self._active:
+                        self._thread = None
+                        return
                 job = self._jobs.popleft() if self._jobs else None
+                self._in_job = job is not None
                 active = list(self._active)
             with torch.inference_mode():
                 if job is not None:
@@ -85,5 +100,6 @@ class Worker:
                         fut.set_result(fn())
                     except BaseException as exc:   # the caller gets it; the worker goes on
                         fut.set_exception(exc)
+                    self._in_job = False
                 for t in active:
                     t.turn()

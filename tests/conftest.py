@@ -20,9 +20,19 @@ STANDIN_DIR = Path(os.environ.setdefault(
 from inference.loading import Engine, Settings  # noqa: E402
 
 
+# The compute threads (inference/worker.py) of the engines the tests made.
+WORKERS = []
+
+
+def engine_for_tests(**settings) -> Engine:
+    e = Engine(Settings(standin=True, standin_dir=str(STANDIN_DIR), **settings))
+    WORKERS.append(e.worker)
+    return e
+
+
 @pytest.fixture(scope="session")
 def engine() -> Engine:
-    return Engine(Settings(standin=True, standin_dir=str(STANDIN_DIR)))
+    return engine_for_tests()
 
 
 @pytest.fixture(scope="session")
@@ -44,15 +54,15 @@ def wait_until(condition, seconds=5.0) -> bool:
     return bool(condition())
 
 
-def generation_threads() -> list[threading.Thread]:
-    """The engine's compute thread (worker.py), if it is running."""
-    return [t for t in threading.enumerate() if t.name == "engine-worker"]
+def working() -> bool:
+    """Some engine is computing: a request in a batch, a forward pass waiting."""
+    return not all(w.idle for w in WORKERS)
 
 
 def workers_stopped(seconds=1.0) -> bool:
-    """The compute thread ends as soon as it has no work: no request left in
-    any batch, no forward pass waiting."""
-    return wait_until(lambda: not generation_threads(), seconds)
+    """Every engine's compute thread has stopped working (a cancelled
+    request is out of its batch) within `seconds`."""
+    return wait_until(lambda: not working(), seconds)
 
 
 def free_port() -> int:

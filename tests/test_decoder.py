@@ -11,15 +11,14 @@ from transformers import AutoModelForCausalLM
 from inference import decoder, formats, generation
 from inference.decoder import Cache, Where
 from inference.generation import Sampling
-from inference.loading import Engine, Settings
 
-from conftest import STANDIN_DIR, wait_until
+from conftest import engine_for_tests, wait_until
 
 
 @pytest.fixture(scope="module")
 def fp32_engine():
     """Stand-ins without the CPU fast path, so both sides have the same weights."""
-    return Engine(Settings(standin=True, standin_dir=str(STANDIN_DIR), fast="off"))
+    return engine_for_tests(fast="off")
 
 
 @pytest.mark.parametrize("key", ["ttl-160m", "aira-2-124m"])
@@ -133,7 +132,8 @@ def test_cache_grows_by_doubling_and_is_given_back_when_idle(ttl):
     ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
     generation.complete(ttl, ids, Sampling(max_new_tokens=3, seed=1))
     d = decoder.decoder_for(ttl)
-    assert wait_until(lambda: d.cache.kv is None and not ttl.worker.running, 2)
+    assert wait_until(lambda: d.cache.kv is None and ttl.worker.idle, 2)
+    assert wait_until(lambda: not ttl.worker.running, ttl.worker.linger_s + 2)   # then the thread ends
 
 
 def test_top_k_and_top_p_keep_the_tokens_transformers_keeps():

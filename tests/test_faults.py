@@ -20,7 +20,7 @@ from inference.generation import Sampling
 from inference.loading import Engine, ModelUnavailable, Settings
 from ui import common
 
-from conftest import STANDIN_DIR, free_port, generation_threads, wait_until, workers_stopped
+from conftest import STANDIN_DIR, free_port, wait_until, working, workers_stopped
 
 
 GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8]
@@ -29,7 +29,7 @@ GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8]
 def assert_still_serving(client):
     text, *_, figures, _ = client.predict(*GEN, api_name="/generate")
     assert isinstance(text, str) and "prompt tokens" in figures
-    assert wait_until(lambda: not generation_threads())
+    assert workers_stopped(5)
 
 
 # -- model directories and downloads ----------------------------------------
@@ -164,9 +164,9 @@ LONG = ["A lhama é um animal", "ttl-160m", "main", 1.0, 0, 1.0, 1.0, 1024, Fals
 def test_cancelled_stream_frees_its_worker_and_the_next_request_works(client, slow_ttl):
     job = client.submit(*LONG, api_name="/generate")
     assert wait_until(lambda: len(job.outputs()) >= 2, 30)
-    assert generation_threads(), "the stream should still be running"
+    assert working(), "the stream should still be running"
     job.cancel()
-    assert wait_until(lambda: not generation_threads(), 5)
+    assert workers_stopped(5)
     assert_still_serving(client)
 
 
@@ -187,8 +187,8 @@ def test_closed_page_mid_stream_frees_its_worker(client, app_url, slow_ttl):
                 generating += '"process_generating"' in line
                 if generating >= 3:
                     break
-            assert generation_threads(), "the stream should still be running"
-    assert wait_until(lambda: not generation_threads(), 5)
+            assert working(), "the stream should still be running"
+    assert workers_stopped(5)
     assert_still_serving(client)
 
 

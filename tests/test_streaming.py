@@ -17,9 +17,21 @@ def prompt(m, text="A lhama é um animal"):
     return formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
 
 
-def test_text_streams_in_several_pieces(ttl):
-    pieces = list(generation.stream(ttl, prompt(ttl), Sampling(max_new_tokens=30, seed=1)))
+def test_text_streams_in_several_pieces(ttl, monkeypatch):
+    forward = decoder.FORWARDS["llama"]
+
+    def slow(*args):   # ~100 tokens/s, like the real model on a small CPU
+        time.sleep(0.01)
+        return forward(*args)
+
+    monkeypatch.setitem(decoder.FORWARDS, "llama", slow)
+    s = Sampling(max_new_tokens=40, seed=1)
+    t0 = time.perf_counter()
+    pieces = list(generation.stream(ttl, prompt(ttl), s))
+    seconds = time.perf_counter() - t0
     assert len(pieces) > 3 and "".join(pieces).strip()
+    # Pieces are joined so that a page gets at most ~25 updates a second.
+    assert len(pieces) <= seconds / generation.UPDATE_EVERY_S + 2
 
 
 def test_same_seed_same_text_different_seed_different_text(ttl):
