@@ -62,6 +62,24 @@ def test_fast_roads_agree_with_fp32(fp32, road):
     assert f["mean_kl"] <= 0.05, f
 
 
+def test_stacked_products_compute_what_the_separate_ones_do(fp32):
+    """fastpath.fuse stacks gate/up (in place) and q/k/v (a copy the decoder
+    reads): in fp32 the logits must not move, whichever forward reads them."""
+    from inference import decoder
+    fused = copy.deepcopy(fp32.model)
+    fastpath.fuse(fused)
+    x = corpus_batch(fp32.tokenizer)
+    cache = decoder.new_cache(fp32)
+    cache.reserve(1, x.shape[1])
+    where = decoder.Where(slice(0, 1), torch.arange(x.shape[1])[None], x.shape[1], None)
+    with torch.inference_mode():
+        expected = fp32.model(x).logits
+        torch.testing.assert_close(fused(x).logits, expected, atol=1e-4, rtol=1e-4)
+        step = decoder.FORWARDS["llama"](fused, x[:1], where, cache)
+    assert all(hasattr(layer.self_attn, "qkv_proj") for layer in fused.model.layers)
+    torch.testing.assert_close(step[0], expected[0, -1], atol=1e-4, rtol=1e-4)
+
+
 def test_fast_path_generates_the_same_greedy_text(ttl, fp32):
     ids = ttl.tokenizer("A TeenyTinyLlama é um modelo")["input_ids"]
     s = Sampling(do_sample=False, max_new_tokens=12, repetition_penalty=1.0)
