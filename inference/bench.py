@@ -41,6 +41,9 @@ from .registry import CLASSIFY, REGISTRY
 
 GENERATIVE = ("ttl-160m", "ttl-460m", "aira-2-124m", "tinyllama-tweet")
 CLASSIFIER = "ttl-160m-imdb"
+# What a visitor loads without touching a dropdown: each tab's default model
+# and the two scorers of the chat's best-of-n.
+ALL_DEFAULTS = ("ttl-160m", "aira-2-124m", "ttl-160m-imdb", "reward-pt", "toxiguard-pt")
 # name, unit, True when higher is better
 FIGURES = {
     "load_s": ("load", "s", False),
@@ -175,6 +178,37 @@ def run_side(side: str, key: str, path: str, cfg: dict) -> dict:
     return out
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20   # MiB, as ru_maxrss
+
+
+def all_defaults_memory(paths: dict[str, str]) -> dict:
+    """In one engine process: the resident memory after each default model
+    is loaded and has served one request, and the peak."""
+    from .classification import classify, score_pairs
+    from .decoder import decoder_for
+    from .generation import Sampling
+    from .loading import Engine, Settings
+    from .registry import SCORE
+    torch.set_num_threads(fastpath.cores())
+    engine = Engine(Settings(device="cpu", strict=True, local_dirs=paths))
+    out = {"start_mb": rss_mb()}
+    for key in paths:
+        m = engine.load(key)
+        if m.spec.is_generative:
+            request = decoder_for(m).submit(prompt_ids(m.tokenizer, 32), Sampling(max_new_tokens=8))
+            while request.out.get() is not None:
+                pass
+        elif m.spec.task == SCORE:
+            score_pairs(m, [("Oi?", "Olá!")])
+        else:
+            classify(m, [{f: "Um texto." for f in m.spec.inputs}])
+        out[key] = rss_mb()
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
 def combine(runs: list[dict]) -> dict:
     """The median of each figure over rounds."""
     out = {}
@@ -184,9 +218,9 @@ def combine(runs: list[dict]) -> dict:
     return out
 
 
-def in_fresh_process(*args) -> dict:
+def in_fresh_process(*args, fn=run_side) -> dict:
     with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_side, *args).result()
+        return pool.submit(fn, *args).result()
 
 
 # -- fidelity, on the tiny stand-in trained on our text ---------------------
@@ -280,8 +314,11 @@ def main(argv: list[str] | None = None) -> None:
                 r["road"] = fastpath.resolve(side.split(":")[1])
             results[key][side] = r
     fid = fidelity_report([fastpath.resolve(r) for r in roads if fastpath.resolve(r) != "off"])
+    print("  every default model in one process…", flush=True)
+    memory = in_fresh_process({k: str(standins.ensure(k, full_size=True, root=a.dir))
+                               for k in ALL_DEFAULTS}, fn=all_defaults_memory)
     out = {"machine": info, "bandwidth_gbs": bandwidth, "config": cfg, "results": results,
-           "fidelity_vs_fp32": fid}
+           "fidelity_vs_fp32": fid, "all_defaults_memory_mb": memory}
     a.json.write_text(json.dumps(out, indent=2))
     print()
     print(table(results, bandwidth))
@@ -289,6 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     for road, f in fid.items():
         print(f"fidelity of {road} against fp32 (tiny stand-in trained on our text, 8x64 tokens): "
               f"top-1 agreement {100 * f['top1_agreement']:.1f}%, mean KL {f['mean_kl']:.4f}")
+    print("\nresident memory with every default model loaded, one engine process (full-size "
+          "stand-ins, each after one request): "
+          + ", ".join(f"+{k} {memory[k]:.0f} MB" for k in ALL_DEFAULTS)
+          + f"; peak {memory['peak_rss_mb']:.0f} MB")
     load = os.getloadavg()[0]
     print(f"\nLoad average at the end {load:.1f} on {info['cores']} cores"
           + (" (the machine was shared: figures are medians and vary run to run)." if load > 0.5 * info["cores"] else ".")

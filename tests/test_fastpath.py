@@ -98,3 +98,16 @@ def test_bench_table_reports_ratio_against_the_cache_on_pipeline():
                                     "engine:int8": {"decode_tps": 80.0}}}, 29.0)
     row = next(l for l in out.splitlines() if "decode, 1 stream" in l)
     assert "| 80 (int8) | 20 | 5.00 | 4.00x |" in row
+
+
+def test_aira_conv1d_layers_become_linear_with_the_same_logits(engine):
+    """GPT-2's Conv1D layers are rewritten as Linear so that int8 reaches them."""
+    from transformers.pytorch_utils import Conv1D
+    aira = Engine(Settings(standin=True, standin_dir=engine.settings.standin_dir,
+                           fast="off")).load("aira-2-124m")
+    rewritten = copy.deepcopy(aira.model)
+    fastpath.fuse(rewritten)
+    assert not any(isinstance(mod, Conv1D) for mod in rewritten.modules())
+    x = torch.tensor([[50257, 100, 200, 300, 50259]])
+    with torch.inference_mode():
+        torch.testing.assert_close(rewritten(x).logits, aira.model(x).logits, atol=1e-4, rtol=1e-4)
