@@ -16,6 +16,7 @@ import logging
 import gradio as gr
 
 from inference.loading import DEVICES, DTYPES, Engine, Settings, parse_local_dirs
+from inference.registry import DEFAULT_KEYS
 from ui import benchmarks, chat, classification, generation
 from ui.theme import CSS, THEME
 
@@ -38,8 +39,8 @@ def build(engine: Engine) -> gr.Blocks:
         for title, module in TABS:
             with gr.Tab(title):
                 module.build(engine)
-    # Several users at once; each model still runs one request at a time
-    # (the engine's per-model lock), so a small CPU is not oversubscribed.
+    # Several users at once: every forward pass runs on the engine's one
+    # compute thread, and streams on the same model are decoded in one batch.
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
 
@@ -67,9 +68,15 @@ def main(argv=None) -> None:
     settings = Settings.from_env(standin=args.standin, strict=args.strict, device=args.device,
                                  dtype=args.dtype, local_dirs=local,
                                  load_in_4bit=args.load_in_4bit)
+    engine = Engine(settings)
+    if settings.zero_gpu:
+        # ZeroGPU Spaces load their models at start, outside the `spaces.GPU`
+        # calls that then use them (the ZeroGPU documentation's pattern).
+        for key in DEFAULT_KEYS:
+            engine.load(key)
     # show_error: an API client sending a wrong type (refused by a component
     # before any handler runs) is told why, not just "Error".
-    build(Engine(settings)).launch(theme=THEME, css=CSS, share=args.share,
+    build(engine).launch(theme=THEME, css=CSS, share=args.share,
                                    max_file_size="5mb", show_error=True)
 
 

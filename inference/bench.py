@@ -37,13 +37,11 @@ from pathlib import Path
 import torch
 
 from . import fastpath, standins
-from .registry import CLASSIFY, REGISTRY
+from .registry import CLASSIFY, DEFAULT_KEYS, REGISTRY
 
 GENERATIVE = ("ttl-160m", "ttl-460m", "aira-2-124m", "tinyllama-tweet")
 CLASSIFIER = "ttl-160m-imdb"
-# What a visitor loads without touching a dropdown: each tab's default model
-# and the two scorers of the chat's best-of-n.
-ALL_DEFAULTS = ("ttl-160m", "aira-2-124m", "ttl-160m-imdb", "reward-pt", "toxiguard-pt")
+
 # name, unit, True when higher is better
 FIGURES = {
     "load_s": ("load", "s", False),
@@ -120,7 +118,7 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
             # it, greedy, with no end token so that it makes exactly `new`.
             s = Sampling(do_sample=False, max_new_tokens=new, repetition_penalty=1.0)
             request = decoder_for(m).submit(ids, s, stop=frozenset())
-            while (token := request.out.get()) is not None:
+            while (token := m.worker.take(request.out)) is not None:
                 if isinstance(token, BaseException):
                     raise token
     out = {"load_s": time.perf_counter() - t0}
@@ -198,7 +196,7 @@ def all_defaults_memory(paths: dict[str, str]) -> dict:
         m = engine.load(key)
         if m.spec.is_generative:
             request = decoder_for(m).submit(prompt_ids(m.tokenizer, 32), Sampling(max_new_tokens=8))
-            while request.out.get() is not None:
+            while m.worker.take(request.out) is not None:
                 pass
         elif m.spec.task == SCORE:
             score_pairs(m, [("Oi?", "Olá!")])
@@ -316,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     fid = fidelity_report([fastpath.resolve(r) for r in roads if fastpath.resolve(r) != "off"])
     print("  every default model in one process…", flush=True)
     memory = in_fresh_process({k: str(standins.ensure(k, full_size=True, root=a.dir))
-                               for k in ALL_DEFAULTS}, fn=all_defaults_memory)
+                               for k in DEFAULT_KEYS}, fn=all_defaults_memory)
     out = {"machine": info, "bandwidth_gbs": bandwidth, "config": cfg, "results": results,
            "fidelity_vs_fp32": fid, "all_defaults_memory_mb": memory}
     a.json.write_text(json.dumps(out, indent=2))
@@ -328,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
               f"top-1 agreement {100 * f['top1_agreement']:.1f}%, mean KL {f['mean_kl']:.4f}")
     print("\nresident memory with every default model loaded, one engine process (full-size "
           "stand-ins, each after one request): "
-          + ", ".join(f"+{k} {memory[k]:.0f} MB" for k in ALL_DEFAULTS)
+          + ", ".join(f"+{k} {memory[k]:.0f} MB" for k in DEFAULT_KEYS)
           + f"; peak {memory['peak_rss_mb']:.0f} MB")
     load = os.getloadavg()[0]
     print(f"\nLoad average at the end {load:.1f} on {info['cores']} cores"

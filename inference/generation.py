@@ -125,7 +125,7 @@ def stream_tokens(m: Loaded, ids: list[int], s: Sampling,
     request = decoder_for(m).submit(ids, s, cancel)
     text, new, held, last = Detokenizer(m.tokenizer), [], "", 0.0
     try:
-        while (token := request.out.get()) is not None:
+        while (token := m.worker.take(request.out)) is not None:
             if isinstance(token, BaseException):
                 raise token
             new.append(token)

@@ -73,6 +73,10 @@ class Settings:
     # adapter's QLoRA training (seed 002). CUDA only; elsewhere it is ignored.
     load_in_4bit: bool = False
     fast: str = "auto"          # CPU fast path: auto | off | int8 | bf16 (fastpath.py)
+    # A ZeroGPU Space (it sets SPACES_ZERO_GPU): the GPU exists only inside a
+    # request's `spaces.GPU` call, so the engine computes on the caller's
+    # thread (worker.py) and the app loads its default models at start.
+    zero_gpu: bool = False
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -85,6 +89,7 @@ class Settings:
             standin_dir=os.environ.get("TTL_STANDIN_DIR") or None,
             load_in_4bit=_env_flag("TTL_4BIT"),
             fast=os.environ.get("TTL_FAST", "auto").strip().lower() or "auto",
+            zero_gpu="SPACES_ZERO_GPU" in os.environ,
         )
         env.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**env)
@@ -200,7 +205,7 @@ class Engine:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._hub_ok: bool | None = None
-        self.worker = Worker()
+        self.worker = Worker(inline=self.settings.zero_gpu)
 
     # -- public ---------------------------------------------------------
     def load(self, key: str, revision: str | None = None,

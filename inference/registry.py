@@ -144,6 +144,9 @@ def _specs() -> list[ModelSpec]:
 
 
 REGISTRY: Mapping[str, ModelSpec] = MappingProxyType({s.key: s for s in _specs()})
+# What a visitor can load without touching a dropdown: each tab's default
+# model and the two scorers of the chat's best-of-n.
+DEFAULT_KEYS = ("ttl-160m", "aira-2-124m", "ttl-160m-imdb", "reward-pt", "toxiguard-pt")
 
 
 def by_task(*tasks: str) -> list[ModelSpec]:

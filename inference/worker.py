@@ -13,6 +13,10 @@ passes at once anyway; on a GPU one thread feeding it is the usual design.
 The thread runs while there is work and ends after `linger_s` without any,
 so an idle app holds no thread and no OpenMP team, while requests that come
 one after another do not each pay for a new thread and a new team.
+
+`inline=True` (a ZeroGPU Space, where only a request's own `spaces.GPU`
+call holds the GPU) runs everything on the caller's thread instead: jobs at
+once, and decoding driven by whoever waits for a token (`take`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from concurrent.futures import Future
+from queue import SimpleQueue
 from typing import Callable, Protocol, TypeVar
 
 import torch
@@ -35,9 +40,10 @@ class Turns(Protocol):
 
 
 class Worker:
-    def __init__(self, name: str = "engine-worker", linger_s: float = 2.0):
-        self.name, self.linger_s = name, linger_s
+    def __init__(self, name: str = "engine-worker", linger_s: float = 2.0, inline: bool = False):
+        self.name, self.linger_s, self.inline = name, linger_s, inline
         self._guard = threading.Condition()
+        self._pumping = threading.Lock()   # inline: one caller drives the turns at a time
         self._jobs: deque[tuple[Callable, Future]] = deque()
         self._active: dict[Turns, None] = {}   # an ordered set: turns go round in order
         self._thread: threading.Thread | None = None
@@ -47,7 +53,7 @@ class Worker:
         """Run `fn` on the worker (under inference mode) and return its
         result or raise its error. Jobs run between decode steps, first come
         first served."""
-        if threading.current_thread() is self._thread:
+        if self.inline or threading.current_thread() is self._thread:
             with torch.inference_mode():
                 return fn()
         fut: Future = Future()
@@ -61,8 +67,19 @@ class Worker:
         """`turns` has work: give it turns until it is no longer busy."""
         with self._guard:
             self._active[turns] = None
-            self._start()
-            self._guard.notify()
+            if not self.inline:
+                self._start()
+                self._guard.notify()
+
+    def take(self, items: SimpleQueue):
+        """The next item of `items`, a queue that turns on this worker fill
+        (a request's tokens). Inline, the caller does the turns itself."""
+        while self.inline and items.empty():
+            with self._pumping, torch.inference_mode():
+                if items.empty():
+                    for t in [t for t in list(self._active) if t.busy]:
+                        t.turn()
+        return items.get()
 
     @property
     def running(self) -> bool:

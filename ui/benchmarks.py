@@ -9,7 +9,6 @@ They are read as text so that every number shows exactly as published
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import shutil
@@ -328,5 +327,5 @@ def build(engine) -> None:
         with gr.Row():
             speeds = gr.Dataframe(label="Decoding speed, measured here", interactive=False)
             surprisal = gr.Dataframe(label="Surprisal per token, measured here", interactive=False)
-        go_button.click(functools.partial(measure_here, engine), [text, model],
+        go_button.click(common.bind(measure_here, engine), [text, model],
                         [result, speeds, surprisal], api_name="measure_here")

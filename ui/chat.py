@@ -3,7 +3,6 @@ with its authors' reward and toxicity models."""
 
 from __future__ import annotations
 
-import functools
 
 import gradio as gr
 
@@ -193,7 +192,7 @@ def build(engine) -> None:
 
     settings = [use_history, temperature, top_k, top_p, rep, max_new, seed, n]
     outputs = [bot, banner, table]
-    fn = functools.partial(respond, engine)
+    fn = common.bind(respond, engine)
     sent = send.click(fn, [msg, bot, *settings], outputs, api_visibility="private",
                       concurrency_id="chat")
     submitted = msg.submit(fn, [msg, bot, *settings], outputs, api_visibility="private",
@@ -209,7 +208,8 @@ def build(engine) -> None:
         yield from regenerate(engine, history, use_history, temperature, top_k, top_p,
                               repetition_penalty, max_new_tokens, seed, n, retry, progress)
 
-    retried = bot.retry(on_retry, [bot, *settings], outputs, api_visibility="private",
+    retried = bot.retry(common.on_gpu(engine, on_retry), [bot, *settings], outputs,
+                        api_visibility="private",
                         concurrency_id="chat")
     bot.undo(undo, bot, [bot, msg], api_visibility="private")
     stop.click(None, cancels=[sent, submitted, retried], api_visibility="private")
@@ -231,4 +231,4 @@ def build(engine) -> None:
                           top_p=top_p, repetition_penalty=repetition_penalty,
                           max_new_tokens=max_new_tokens, seed=seed, n=n)
 
-    gr.api(chat_api, api_name="chat", concurrency_id="chat")
+    gr.api(common.on_gpu(engine, chat_api), api_name="chat", concurrency_id="chat")

@@ -3,7 +3,6 @@ TinyLlama tweet-sentiment adapter, one text at a time or in batches."""
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from pathlib import Path
 
@@ -162,13 +161,13 @@ def build(engine) -> None:
                 gr.Textbox(visible=False))
 
     model.change(relabel, model, [text, second, free], api_visibility="private")
-    fn = functools.partial(classify, engine)
-    free_fn = functools.partial(free_answer, engine)
+    fn = common.bind(classify, engine)
+    free_fn = common.bind(free_answer, engine)
     for event, api in ((run.click, dict(api_name="classify")),
                        (text.submit, dict(api_visibility="private"))):
         event(fn, [text, model, second], [labels, banner], concurrency_id="classify",
               **api).success(free_fn, [text, model], free, api_visibility="private",
                           concurrency_id="classify")
-    run_batch.click(functools.partial(classify_batch, engine), [upload, lines, model],
+    run_batch.click(common.bind(classify_batch, engine), [upload, lines, model],
                     [table, chart, download, banner], api_name="classify_batch",
                     concurrency_id="classify")

@@ -4,6 +4,7 @@ turning engine errors into messages people can act on."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import inspect
 import unicodedata
 from pathlib import Path
@@ -17,6 +18,21 @@ from inference.registry import (CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY,
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MAX_TEXT_CHARS = 20_000   # ~5k tokens: more than any served context holds
+
+
+def on_gpu(engine: Engine, handler):
+    """`handler` as it is, or, on a ZeroGPU Space (the engine in ZeroGPU mode
+    and the `spaces` package present), under `spaces.GPU`, which holds a GPU
+    for the duration of each call."""
+    if engine.settings.zero_gpu and importlib.util.find_spec("spaces"):
+        import spaces
+        return spaces.GPU(handler)
+    return handler
+
+
+def bind(fn, engine: Engine):
+    """A tab's handler with the engine bound (see `on_gpu`)."""
+    return on_gpu(engine, functools.partial(fn, engine))
 
 
 def load(engine: Engine, key: str, revision: str | None = None,

@@ -4,7 +4,6 @@ side, "Why this token?" and the perplexity of a pasted text."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import random
 import time
 
@@ -204,11 +203,11 @@ def build(engine) -> None:
     inputs = [prompt, model, revision, temperature, top_k, top_p, rep, max_new, greedy, seed,
               completions]
     outs = [*outputs, figures_md, banner, run_state]
-    fn = functools.partial(generate, engine)
+    fn = common.bind(generate, engine)
     event = run.click(fn, inputs, outs, api_name="generate", concurrency_id="generate")
     submit = prompt.submit(fn, inputs, outs, api_visibility="private", concurrency_id="generate")
     stop.click(None, cancels=[event, submit], api_visibility="private")
-    why_btn.click(functools.partial(explain, engine), [run_state, which], [why, alts],
+    why_btn.click(common.bind(explain, engine), [run_state, which], [why, alts],
                   api_visibility="private")
-    ppl_btn.click(functools.partial(perplexity, engine), [ppl_text, model, revision],
+    ppl_btn.click(common.bind(perplexity, engine), [ppl_text, model, revision],
                   [ppl_md, ppl_tokens], api_name="perplexity")

@@ -1,0 +1,42 @@
+"""A ZeroGPU Space: the engine computes on the caller's thread (inside its
+`spaces.GPU` call) and the handlers are wrapped by `spaces.GPU` when the
+package is there; nothing changes where it is not."""
+
+import importlib.machinery
+import sys
+import types
+
+from inference import formats, generation
+from inference.generation import Sampling
+from ui import common
+
+from conftest import engine_for_tests
+
+
+def test_zero_gpu_engine_decodes_and_classifies_on_the_callers_thread():
+    e = engine_for_tests(zero_gpu=True)
+    ttl = e.load("ttl-160m")
+    ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
+    text = generation.complete(ttl, ids, Sampling(max_new_tokens=6, seed=1))
+    from inference.classification import classify
+    probs = classify(e.load("ttl-160m-imdb"), [{"text": "Que filme bom!"}])[0]
+    assert text and abs(sum(probs.values()) - 1) < 1e-5
+    assert not e.worker.running, "no compute thread: the caller's own thread did the work"
+
+
+def test_handlers_run_under_spaces_gpu_only_on_zero_gpu(monkeypatch, engine):
+    wrapped = []
+    spaces = types.ModuleType("spaces")
+    spaces.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
+    spaces.GPU = lambda fn: wrapped.append(fn) or fn
+    monkeypatch.setitem(sys.modules, "spaces", spaces)
+
+    def handler(engine, text):
+        return text
+
+    assert common.bind(handler, engine)("oi") == "oi" and not wrapped   # not a ZeroGPU engine
+    zero = engine_for_tests(zero_gpu=True)
+    assert common.bind(handler, zero)("oi") == "oi" and len(wrapped) == 1
+    monkeypatch.delitem(sys.modules, "spaces")
+    monkeypatch.setattr(sys, "path", [])   # and without the package, nothing is wrapped
+    assert common.bind(handler, zero)("oi") == "oi" and len(wrapped) == 1
