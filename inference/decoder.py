@@ -4,16 +4,19 @@ request. Requests join the batch and leave it between steps (continuous
 batching): a new prompt is prefilled on its own, then decodes with the rest.
 
 Why not `model.generate`: it serves one request at a time, and on a small
-CPU a step costs about the same for one row as for eight (the time goes to
-reading the weights), so users who share a step share its cost. Writing the
-step by hand (as gpt-fast's `decode_one_token`) also drops most of the
-per-token overhead of transformers' generic forward, which on the 2-vCPU
-machine is a third of the time of an int8 step. The weights stay the
-model's own modules: what `fastpath.py` did to them (int8, bf16) applies.
+CPU a step costs about the same for one row as for four (the time goes to
+reading the weights: 11.7 against 13.8 ms for TeenyTinyLlama-160m with int8
+weights on 2 vCPUs), so users who share a step share its cost. The step is
+written by hand, as gpt-fast's `decode_one_token`, so that it can keep one
+cache row per request and read the stacked q/k/v weights of
+`fastpath.fuse`. Its modules are the model's own: what the fast path did
+to them (int8, bf16) applies, and tests check its logits against
+transformers' forward.
 
 Read top to bottom: `Cache` -> `attend` -> one forward per architecture
 (`llama`, `gpt2`) -> the sampling of one row (`penalised`, `candidates`,
-`draw`) -> `Decoder`, the per-model worker that runs the batch.
+`draw`) -> `Decoder`, the batch of one model, which the engine's compute
+thread (worker.py) runs a turn at a time.
 """
 
 from __future__ import annotations
@@ -54,16 +57,16 @@ class Cache:
         if rows <= have_rows and length <= have_len:
             return
 
-        def grown(need, have, cap):
-            size = max(have, 1 if cap == MAX_ROWS else MIN_LENGTH)
+        def grown(need, have, start, cap):
+            size = max(have, start)
             while size < need:
                 size *= 2
             return min(size, cap)
 
         layers, two, heads, dim = self.geometry
         # Zeros, not empty: masked positions are multiplied by 0 and must not be NaN.
-        kv = torch.zeros(layers, two, grown(rows, have_rows, MAX_ROWS), heads,
-                         grown(length, have_len, self.context), dim,
+        kv = torch.zeros(layers, two, grown(rows, have_rows, 1, MAX_ROWS), heads,
+                         grown(length, have_len, MIN_LENGTH, self.context), dim,
                          dtype=self.dtype, device=self.device)
         if self.kv is not None:
             kv[:, :, :have_rows, :, :have_len] = self.kv
@@ -318,8 +321,8 @@ class Decoder:
         ids = torch.tensor([[int(r.seen[len(r.ids) + r.new - 1])] for r in rows], device=device)
         positions = torch.tensor([[r.length] for r in rows], device=device)
         mask = (torch.arange(length, device=device)[None] <= positions)[:, None, None]
-        logits = FORWARDS[self.arch](self.m.model, ids, Where(slice(0, len(rows)), positions, length, mask),
-                              self.cache)
+        where = Where(slice(0, len(rows)), positions, length, mask)
+        logits = FORWARDS[self.arch](self.m.model, ids, where, self.cache)
         for r in rows:
             r.length += 1
         self._emit(rows, logits)

@@ -14,6 +14,10 @@ One setting chooses it: `TTL_FAST` (or `Settings.fast`) = auto | off | int8 | bf
 - auto: int8 where a quantised engine exists, else bf16 where the CPU has
   it, else fp32. `python -m inference.bench` measures the roads side by side.
 
+On the int8 and bf16 roads the model is also reshaped for the decode step
+(`fuse`: fewer, larger matrix products; GPT-2's Conv1D as Linear) and the
+memory of the replaced weights is given back (`release_file_pages`).
+
 On CUDA nothing here applies: the engine loads bf16/fp16 with SDPA attention.
 The fidelity of each road against fp32 is `fidelity()`, reported by the
 benchmark and checked in tests/test_fastpath.py.
