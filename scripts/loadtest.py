@@ -35,7 +35,7 @@ REQUEST_TIMEOUT = 180   # seconds; a request slower than this counts as an error
 
 # What the users send: endpoint -> list of argument lists (the UI's inputs).
 GEN = lambda text: [text, "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 32, False, None]  # noqa: E731
-CHAT = lambda text: [text, [], False, 0.2, 30, 0.3, 1.2, 32, None]  # noqa: E731
+CHAT = lambda text: [text, [], 0.2, 30, 0.3, 1.2, 32, None, 1]  # noqa: E731  (/chat: message, history, sampling, seed, n)
 WORK = {
     "/generate": [GEN("A PUCRS é uma universidade "), GEN("Em meio a um escândalo, a frente")],
     "/chat": [CHAT("Você pode me explicar o que é Aprendizagem de Máquina?"),
