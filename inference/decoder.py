@@ -266,11 +266,12 @@ class Decoder:
         return request
 
     def turn(self) -> None:
-        with self._guard:
-            self._drop_cancelled()
-            newcomer = (self._waiting.popleft()
-                        if self._waiting and len(self.rows) < self.max_rows else None)
+        newcomer = None
         try:
+            with self._guard:
+                self._drop_cancelled()
+                newcomer = (self._waiting.popleft()
+                            if self._waiting and len(self.rows) < self.max_rows else None)
             if newcomer is not None:
                 self._prefill(newcomer)
             if self.rows and newcomer not in self.rows:
