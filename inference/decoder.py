@@ -199,7 +199,9 @@ def candidates(logits: torch.Tensor, s: "Sampling") -> tuple[torch.Tensor, torch
 def draw(logits: torch.Tensor, seen: torch.Tensor, s: "Sampling",
          generator: torch.Generator) -> int:
     """The next token of one row: greedy, or drawn with the row's own
-    generator, so that a seed gives the same text whoever else is served."""
+    generator, so that no request's draws depend on another's. (With int8
+    weights the logits themselves can move by a hair when other rows share
+    the step: a seed then reproduces a text exactly when it is served alone.)"""
     logits = penalised(logits, seen, s.repetition_penalty)
     if not s.do_sample:
         return int(logits.argmax())
@@ -257,6 +259,9 @@ class Decoder:
 
     def submit(self, ids: list[int], s: "Sampling", cancel: threading.Event | None = None,
                stop: frozenset[int] | None = None) -> Request:
+        if not 0 < len(ids) < self.cache.context:
+            raise ValueError(f"A prompt must have 1 to {self.cache.context - 1} tokens for "
+                             f"{self.m.spec.title}; this one has {len(ids)}.")
         if stop is None:
             stop = end_tokens(self.m)
         request = Request(list(ids), s, frozenset(stop), cancel or threading.Event())
@@ -272,8 +277,8 @@ class Decoder:
                 self._drop_cancelled()
                 newcomer = (self._waiting.popleft()
                             if self._waiting and len(self.rows) < self.max_rows else None)
-            if newcomer is not None:
-                self._prefill(newcomer)
+            if newcomer is not None and not self._admit(newcomer):
+                newcomer = None
             if self.rows and newcomer not in self.rows:
                 self._step()
             elif len(self.rows) > 1:
@@ -301,13 +306,26 @@ class Decoder:
         self.rows.pop()
         r.finish()
 
+    def _admit(self, r: Request) -> bool:
+        """Prefill `r` into the batch. If that fails, `r` alone gets the
+        error (a prompt too long, memory for one more row): the rows already
+        decoding go on."""
+        try:
+            self._prefill(r)
+            return True
+        except BaseException as exc:
+            if self.rows and self.rows[-1] is r:
+                self.rows.pop()
+            r.finish(exc)
+            return False
+
     def _prefill(self, r: Request) -> None:
         n = len(r.ids)
         row = len(self.rows)
         self.cache.reserve(row + 1, n + 1)
         ids = torch.tensor([r.ids], device=self.m.device)
         where = Where(slice(row, row + 1), torch.arange(n, device=self.m.device)[None], n, None)
-        logits = FORWARDS[self.arch](self.m.model, ids, where, self.cache)
+        logits = FORWARDS[self.arch](base_model(self.m.model), ids, where, self.cache)
         r.length = n
         self.rows.append(r)
         self._emit([r], logits)
@@ -323,7 +341,7 @@ class Decoder:
         positions = torch.tensor([[r.length] for r in rows], device=device)
         mask = (torch.arange(length, device=device)[None] <= positions)[:, None, None]
         where = Where(slice(0, len(rows)), positions, length, mask)
-        logits = FORWARDS[self.arch](self.m.model, ids, where, self.cache)
+        logits = FORWARDS[self.arch](base_model(self.m.model), ids, where, self.cache)
         for r in rows:
             r.length += 1
         self._emit(rows, logits)

@@ -136,6 +136,8 @@ def stream_tokens(m: Loaded, ids: list[int], s: Sampling,
         yield held, list(new)
     finally:
         cancel.set()
+        if m.worker.inline:
+            m.worker.pump()   # the turn that drops it: inline, nobody else runs one
         request.released.wait(timeout=5)   # out of the batch before the caller goes on
 
 

@@ -75,11 +75,20 @@ class Worker:
         """The next item of `items`, a queue that turns on this worker fill
         (a request's tokens). Inline, the caller does the turns itself."""
         while self.inline and items.empty():
-            with self._pumping, torch.inference_mode():
-                if items.empty():
-                    for t in [t for t in list(self._active) if t.busy]:
-                        t.turn()
+            self.pump(until=lambda: not items.empty())
         return items.get()
+
+    def pump(self, until: Callable[[], bool] = lambda: False) -> None:
+        """Inline: one turn for everything with work, on the caller's thread
+        (also how a stopped request leaves its batch: nobody else would run
+        the turn that drops it)."""
+        with self._pumping, torch.inference_mode():
+            with self._guard:   # forget what is done: a replaced model is let go
+                self._active = {t: None for t in self._active if t.busy}
+                active = list(self._active)
+            if not until():
+                for t in active:
+                    t.turn()
 
     @property
     def running(self) -> bool:

@@ -23,3 +23,9 @@ def test_tweet_label_scoring_returns_a_distribution_over_three_labels(engine):
     probs = classification.score_labels(m, "What a great day!")
     assert list(probs) == ["negative", "neutral", "positive"]
     assert abs(sum(probs.values()) - 1) < 1e-6
+
+
+def test_the_tweet_models_free_answer_takes_a_text_longer_than_its_context(engine):
+    from inference.classification import free_answer
+    m = engine.load("tinyllama-tweet")
+    assert isinstance(free_answer(m, "Que dia lindo! " * 2000), str)

@@ -149,3 +149,22 @@ def test_top_k_and_top_p_keep_the_tokens_transformers_keeps():
         expected = torch.softmax(x[0], -1)
         got = torch.zeros(1000).scatter_(0, ids, probs)
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_a_prompt_that_fails_alone_does_not_stop_the_batch(ttl):
+    ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
+    d = decoder.decoder_for(ttl)
+    running = d.submit(ids, Sampling(do_sample=False, max_new_tokens=40), stop=frozenset())
+    running.out.get()   # decoding
+    broken = d.submit([10**9], Sampling(max_new_tokens=4))   # no such token: its prefill fails
+    assert isinstance(broken.out.get(), IndexError)
+    tokens = []
+    while (t := running.out.get()) is not None:
+        assert isinstance(t, int), t
+        tokens.append(t)
+    assert len(tokens) == 39
+
+
+def test_an_over_long_prompt_is_refused_with_a_message(ttl):
+    with pytest.raises(ValueError, match="A prompt must have 1 to 2047 tokens"):
+        list(generation.stream_tokens(ttl, [5] * 5000, Sampling(max_new_tokens=4)))

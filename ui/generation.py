@@ -83,7 +83,8 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
     m = common.load(engine, model_key, revision, progress)
     s = _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed)
     if s.seed is None and s.do_sample:
-        # Draw the seed here so that the figures can show it: any output can be reproduced.
+        # Draw the seed here so that the figures can show it and the output can be
+        # reproduced (exactly so on int8 weights when the model serves it alone).
         s = generation.Sampling(**{**s.__dict__, "seed": random.randrange(generation.MAX_SEED)})
     ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
     ids, dropped = generation.fit_context(ids, m.spec.max_input_tokens, s.max_new_tokens,
