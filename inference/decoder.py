@@ -222,7 +222,6 @@ class Request:
     released: threading.Event = field(default_factory=threading.Event)
     generator: torch.Generator = field(default_factory=torch.Generator)
     seen: torch.Tensor | None = None   # prompt + new ids, for the repetition penalty
-    length: int = 0                    # tokens in the cache
     new: int = 0                       # tokens generated
 
     def __post_init__(self):
@@ -231,6 +230,12 @@ class Request:
         else:
             self.generator.manual_seed(self.s.seed)
         self.seen = torch.tensor(self.ids + [0] * self.s.max_new_tokens)
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache: the prompt and every new token but the last,
+        which is the next step's input."""
+        return len(self.ids) + self.new - 1
 
     def finish(self, item=None) -> None:
         self.out.put(item)
@@ -326,7 +331,6 @@ class Decoder:
         ids = torch.tensor([r.ids], device=self.m.device)
         where = Where(slice(row, row + 1), torch.arange(n, device=self.m.device)[None], n, None)
         logits = FORWARDS[self.arch](base_model(self.m.model), ids, where, self.cache)
-        r.length = n
         self.rows.append(r)
         self._emit([r], logits)
 
@@ -337,13 +341,11 @@ class Decoder:
         length = max(r.length for r in rows) + 1
         self.cache.reserve(len(rows), length)
         device = self.m.device
-        ids = torch.tensor([[int(r.seen[len(r.ids) + r.new - 1])] for r in rows], device=device)
+        ids = torch.tensor([[int(r.seen[r.length])] for r in rows], device=device)
         positions = torch.tensor([[r.length] for r in rows], device=device)
         mask = (torch.arange(length, device=device)[None] <= positions)[:, None, None]
         where = Where(slice(0, len(rows)), positions, length, mask)
         logits = FORWARDS[self.arch](base_model(self.m.model), ids, where, self.cache)
-        for r in rows:
-            r.length += 1
         self._emit(rows, logits)
 
     def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
