@@ -119,21 +119,21 @@ def stream_tokens(m: Loaded, ids: list[int], s: Sampling,
                   cancel: threading.Event | None = None) -> Iterator[tuple[str, list[int]]]:
     """As `stream`, with the new token ids so far alongside each text piece;
     the last item has all of them (an end token included) and may carry no
-    text. Pieces that arrive within UPDATE_EVERY_S of the last are joined. The tokens come from the model's `Decoder` (decoder.py), which
-    decodes every concurrent request on the model in one batch."""
+    text. Pieces that arrive within UPDATE_EVERY_S of the last are joined.
+    The tokens come from the model's `Decoder` (decoder.py), which decodes
+    every concurrent request on the model in one batch."""
     cancel = cancel or threading.Event()
     request = decoder_for(m).submit(ids, s, cancel)
-    text, new, held, last = Detokenizer(m.tokenizer), [], "", 0.0
+    text, held, last = Detokenizer(m.tokenizer), "", 0.0
     try:
         while (token := m.worker.take(request.out)) is not None:
             if isinstance(token, BaseException):
                 raise token
-            new.append(token)
             held += text.add(token)
             if held and time.monotonic() - last >= UPDATE_EVERY_S:
-                yield held, list(new)
+                yield held, list(text.ids)
                 held, last = "", time.monotonic()
-        yield held, list(new)
+        yield held, list(text.ids)
     finally:
         cancel.set()
         if m.worker.inline:

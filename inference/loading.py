@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 
 from . import fastpath, faults, standins
-from .registry import CLASSIFY, SCORE, ModelSpec, get_spec
+from .registry import ModelSpec, get_spec
 from .worker import Worker
 
 T = TypeVar("T")

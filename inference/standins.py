@@ -21,12 +21,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (AutoConfig, AutoModelForCausalLM,
                           AutoModelForSequenceClassification, BertTokenizer,
                           GPT2Tokenizer, GenerationConfig, LlamaTokenizer)
 
-from .registry import CLASSIFY, LABEL_SCORE, SCORE, REGISTRY, ModelSpec
+from .registry import CLASSIFY, SCORE, REGISTRY, ModelSpec
 
 CORPUS = Path(__file__).with_name("standin_corpus.txt")
 VERSION = "v3"  # bump when the stand-ins change, so caches rebuild

@@ -6,10 +6,9 @@ import threading
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from inference import decoder, formats, generation
-from inference.decoder import Cache, Where
+from inference.decoder import Where
 from inference.generation import Sampling
 
 from conftest import engine_for_tests, wait_until

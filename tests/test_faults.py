@@ -5,7 +5,6 @@ keeps serving."""
 
 import json
 import shutil
-import threading
 import time
 import uuid
 
