@@ -1,32 +1,26 @@
 """Looking inside a generation: "Why this token?" and perplexity.
 
-Both run one forward pass over a whole sequence and read each position's
-next-token distribution.
-
 `explain` shows, for each generated token, the distribution it was drawn
-from: the model's softmax after the same processing `generation` applies —
-the repetition penalty over the tokens so far, then (when sampling)
-temperature, top-k and top-p. Greedy output is scored after the repetition
-penalty alone, so its tokens are the argmax of what is shown. A token the
-filters removed would show probability 0; a sampled token never is.
+from, as the decoder recorded it when it drew the token (decoder.Drawn):
+the model's softmax after the repetition penalty and, when sampling,
+temperature, top-k and top-p. Nothing is computed again, so what is shown is
+what happened: a greedy token is the argmax of what is shown, and a sampled
+token never shows probability 0.
 
-`perplexity` uses the plain softmax (no penalty, no temperature): the
-standard definition, exp of the mean negative log-likelihood per token.
+`perplexity` runs one forward pass over the whole text and uses the plain
+softmax (no penalty, no temperature): the standard definition, exp of the
+mean negative log-likelihood per token.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from .decoder import candidates, penalised
-from .generation import Sampling
+from .decoder import TOP_ALTERNATIVES, Drawn
 from .loading import Loaded
-
-TOP_ALTERNATIVES = 5
 
 
 @dataclass(frozen=True)
@@ -52,24 +46,13 @@ def token_texts(tokenizer, ids: list[int], start: int) -> list[str]:
     return out
 
 
-def _distribution(logits: torch.Tensor, seen: torch.Tensor, s: Sampling) -> torch.Tensor:
-    """The distribution the decoder drew from (decoder.py's own functions)."""
-    logits = penalised(logits, seen, s.repetition_penalty)
-    if not s.do_sample:
-        return torch.softmax(logits, -1)
-    ids, probs = candidates(logits, s)
-    return torch.zeros_like(logits).scatter_(0, ids, probs)
-
-
-def _scored(m: Loaded, ids: list[int], start: int,
-            to_probs: Callable[[torch.Tensor], torch.Tensor]) -> list[TokenInfo]:
-    """TokenInfo for ids[start:]: one forward pass over `ids` on the compute
-    thread, `to_probs` turning the logits that predicted ids[start:] into
-    distributions there too; only the small results leave it."""
+def _scored(m: Loaded, ids: list[int], start: int) -> list[TokenInfo]:
+    """TokenInfo for ids[start:] under the plain softmax: one forward pass
+    over `ids` on the compute thread; only the small results leave it."""
     def compute():
         x = torch.tensor([ids], device=m.device)
         logits = m.model(input_ids=x, attention_mask=torch.ones_like(x)).logits
-        probs = to_probs(logits[0, start - 1:-1].float().cpu())
+        probs = torch.softmax(logits[0, start - 1:-1].float().cpu(), -1)
         chosen = probs[torch.arange(len(probs)), torch.tensor(ids[start:])]
         return chosen.tolist(), *probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]), dim=-1)
 
@@ -83,15 +66,13 @@ def _scored(m: Loaded, ids: list[int], start: int,
     return out
 
 
-def explain(m: Loaded, prompt_ids: list[int], new_ids: list[int], s: Sampling) -> list[TokenInfo]:
-    """Each of `new_ids` (generated after `prompt_ids` with settings `s`)
+def explain(tokenizer, prompt_ids: list[int], drawn: list[Drawn]) -> list[TokenInfo]:
+    """Each generated token (as `drawn` recorded it, after `prompt_ids`)
     with its probability and the top alternatives; see the module doc."""
-    if not new_ids:
-        return []
-    ids = list(prompt_ids) + list(new_ids)
-    seq, n = torch.tensor(ids), len(prompt_ids)
-    return _scored(m, ids, n, lambda logits: torch.stack(
-        [_distribution(row, seq[:n + i], s) for i, row in enumerate(logits)]))
+    ids = list(prompt_ids) + [d.id for d in drawn]
+    texts = token_texts(tokenizer, ids, len(prompt_ids))
+    return [TokenInfo(text, d.id, d.prob, tuple((tokenizer.decode([i]), p) for i, p in d.top))
+            for text, d in zip(texts, drawn)]
 
 
 @dataclass(frozen=True)
@@ -108,6 +89,6 @@ def perplexity(m: Loaded, ids: list[int]) -> Perplexity:
         raise ValueError("The text needs at least one token to score.")
     room = m.spec.max_input_tokens
     ids, dropped = ids[:room], max(len(ids) - room, 0)
-    tokens = _scored(m, ids, 1, lambda logits: torch.softmax(logits, -1))
+    tokens = _scored(m, ids, 1)
     nll = -sum(math.log(t.prob) if t.prob > 0 else -math.inf for t in tokens) / len(tokens)
     return Perplexity(math.exp(nll) if nll < 700 else math.inf, tokens, dropped)

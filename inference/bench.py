@@ -241,7 +241,7 @@ def machine() -> dict:
                   if l.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": fastpath.cores(), "torch": torch.__version__,
             "load_avg_at_start": os.getloadavg(), "bf16": fastpath.has_native_bf16(),
-            "int8_engine": fastpath.int8_engine(),
+            "int8": fastpath.has_int8(),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 

@@ -196,24 +196,42 @@ def candidates(logits: torch.Tensor, s: "Sampling") -> tuple[torch.Tensor, torch
     return ids, probs
 
 
+TOP_ALTERNATIVES = 5
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A token as it was drawn: its probability in the distribution it was
+    drawn from (after the penalty and, when sampling, the filters) and the
+    most likely tokens of that distribution. "Why this token?" shows these:
+    recorded here, they are what really happened, never a second pass's
+    estimate (a sampled token never shows p = 0)."""
+    id: int
+    prob: float
+    top: tuple[tuple[int, float], ...]
+
+
 def draw(logits: torch.Tensor, seen: torch.Tensor, s: "Sampling",
-         generator: torch.Generator) -> int:
+         generator: torch.Generator) -> Drawn:
     """The next token of one row: greedy, or drawn with the row's own
-    generator, so that no request's draws depend on another's. (With int8
-    weights the logits themselves can move by a hair when other rows share
-    the step: a seed then reproduces a text exactly when it is served alone.)"""
+    generator, so that no request's draws depend on another's."""
     logits = penalised(logits, seen, s.repetition_penalty)
-    if not s.do_sample:
-        return int(logits.argmax())
-    ids, probs = candidates(logits, s)
-    return int(ids[torch.multinomial(probs, 1, generator=generator)])
+    if s.do_sample:
+        ids, probs = candidates(logits, s)
+        pick = int(torch.multinomial(probs, 1, generator=generator))
+    else:
+        probs, ids = torch.softmax(logits.float(), -1).topk(TOP_ALTERNATIVES)
+        pick = 0   # the argmax
+    top = tuple((int(i), float(p)) for i, p in zip(ids[:TOP_ALTERNATIVES], probs[:TOP_ALTERNATIVES])
+                if p > 0)
+    return Drawn(int(ids[pick]), float(probs[pick]), top)
 
 
 # -- the worker ------------------------------------------------------------------
 @dataclass(eq=False)
 class Request:
-    """One prompt being decoded. Its token ids arrive on `out`, then None
-    (finished) or the exception that stopped it."""
+    """One prompt being decoded. Its tokens arrive on `out` (as `Drawn`),
+    then None (finished) or the exception that stopped it."""
     ids: list[int]
     s: "Sampling"
     stop: frozenset[int]
@@ -352,11 +370,11 @@ class Decoder:
         logits = logits.float().cpu()
         done = []
         for r, row in zip(rows, logits):
-            token = draw(row, r.seen[:len(r.ids) + r.new], r.s, r.generator)
-            r.seen[len(r.ids) + r.new] = token
+            drawn = draw(row, r.seen[:len(r.ids) + r.new], r.s, r.generator)
+            r.seen[len(r.ids) + r.new] = drawn.id
             r.new += 1
-            r.out.put(token)
-            if (token in r.stop or r.new >= r.s.max_new_tokens
+            r.out.put(drawn)
+            if (drawn.id in r.stop or r.new >= r.s.max_new_tokens
                     or r.length + 1 >= self.cache.context):
                 done.append(r)
         for r in done:

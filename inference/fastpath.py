@@ -3,12 +3,14 @@ loading it on a CPU, so that decoding is not bound by per-token overhead.
 
 One setting chooses it: `TTL_FAST` (or `Settings.fast`) = auto | off | int8 | bf16.
 
-- int8: `torch.ao.quantization.quantize_dynamic` on every Linear layer
-  (weights int8, activations quantised per call). Deprecated in torch 2.13
-  but working, and the fastest eager road measured on the 2-vCPU machine
-  (TeenyTinyLlama-160m shape: 72 tokens/s against 20 for fp32; torchao's
-  eager int8 configs were slower than fp32 there). Needs a quantised engine
-  (fbgemm/x86 on Intel/AMD, qnnpack on ARM).
+- int8: every Linear layer becomes an `Int8Linear`: weights int8 with one
+  scale per output channel, activations quantised with one scale per token,
+  the product exact in int32 (`torch._int_mm`). Per-token scales are what
+  keeps it faithful: `quantize_dynamic`, used before, scaled a whole call's
+  activations at once (in 7 bits), so over a 512-token text one loud token
+  flattened every other one, label scores moved by 0.06, and a token's
+  probability depended on what else shared the batch. Here a token's result
+  does not depend on any other row (the products are integers).
 - bf16: weights in bfloat16 (28 tokens/s there); worth it only where the
   CPU has native bf16 (avx512_bf16 or AMX).
 - auto: int8 where a quantised engine exists, else bf16 where the CPU has
@@ -28,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import warnings
 
 import torch
 from torch import nn
@@ -47,10 +48,13 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def int8_engine() -> str | None:
-    """The quantised backend `quantize_dynamic` will run on, if any."""
-    engines = torch.backends.quantized.supported_engines
-    return next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
+def has_int8() -> bool:
+    """This torch build multiplies int8 matrices on the CPU."""
+    try:
+        torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+        return True
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return False
 
 
 def has_native_bf16() -> bool:
@@ -64,7 +68,7 @@ def resolve(mode: str | None = None) -> str:
         raise ValueError(f"TTL_FAST must be one of {MODES}, got {mode!r}")
     if mode != "auto":
         return mode
-    if int8_engine():
+    if has_int8():
         return "int8"
     return "bf16" if has_native_bf16() else "off"
 
@@ -88,6 +92,40 @@ def fused_linear(parts: list[nn.Linear]) -> nn.Linear:
             out.bias.copy_(torch.cat([p.bias if p.bias is not None else
                                       torch.zeros(p.out_features) for p in parts]))
     return out
+
+
+class Int8Linear(nn.Module):
+    """A Linear with int8 weights (one scale per output channel) whose input
+    is quantised per token (one scale per row) when it is called. The int8
+    product is exact, so each row's output depends on that row alone: a
+    batch neighbour, a padded row or a longer text changes nothing."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(1).clamp(min=1e-12) / 127
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", torch.round(w / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        step = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-12) / 127
+        q = torch.round(rows / step).to(torch.int8)
+        y = torch._int_mm(q, self.weight.t()).float().mul_(step).mul_(self.scale)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+def quantize(model: nn.Module) -> None:
+    """Every nn.Linear of `model` as an Int8Linear, in place (each fp32
+    weight is let go as soon as its int8 copy exists)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, Int8Linear(child))
 
 
 class GateUp(nn.Module):
@@ -147,14 +185,9 @@ def apply(model: nn.Module, device: torch.device, mode: str | None = None) -> tu
     if road != "off":
         fuse(model)
     if road == "int8":
-        engine = int8_engine()
-        if engine is None:
-            raise ValueError("TTL_FAST=int8: this CPU build of torch has no quantised engine.")
-        torch.backends.quantized.engine = engine
-        with warnings.catch_warnings():   # the deprecation notice of torch.ao
-            warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(
-                model, {nn.Linear}, dtype=torch.qint8, inplace=True)   # no second fp32 copy
+        if not has_int8():
+            raise ValueError("TTL_FAST=int8: this torch build has no int8 matrix product.")
+        quantize(model)
     elif road == "bf16":
         model = model.to(torch.bfloat16)
     if road != "off":
@@ -194,12 +227,9 @@ def weight_bytes_per_token(model: nn.Module) -> int:
         if isinstance(mod, nn.Embedding) or id(mod) in unread:
             continue
         for p in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
-            if id(p) not in seen and p.is_floating_point():
+            if id(p) not in seen:
                 seen.add(id(p))
                 total += p.numel() * p.element_size()
-        if isinstance(mod, torch.ao.nn.quantized.dynamic.Linear):   # packed int8
-            w, b = mod._weight_bias()
-            total += w.numel() * w.element_size() + (b.numel() * b.element_size() if b is not None else 0)
     return total
 
 

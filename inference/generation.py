@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Iterator, Mapping
 
-from .decoder import decoder_for
+from .decoder import Drawn, decoder_for
 from .loading import Loaded
 
 MAX_NEW_TOKENS_CAP = 1024   # a demo answer; a billion is an input error
@@ -108,32 +108,33 @@ def stream(m: Loaded, ids: list[int], s: Sampling,
     model's batch at the next token."""
     tokens = stream_tokens(m, ids, s, cancel)
     try:
-        for text, _ in tokens:
+        for text, _, _ in tokens:
             if text:
                 yield text
     finally:
         tokens.close()   # stops decoding now, not when garbage is collected
 
 
-def stream_tokens(m: Loaded, ids: list[int], s: Sampling,
-                  cancel: threading.Event | None = None) -> Iterator[tuple[str, list[int]]]:
-    """As `stream`, with the new token ids so far alongside each text piece;
-    the last item has all of them (an end token included) and may carry no
-    text. Pieces that arrive within UPDATE_EVERY_S of the last are joined.
+def stream_tokens(m: Loaded, ids: list[int], s: Sampling, cancel: threading.Event | None = None,
+                  ) -> Iterator[tuple[str, list[int], list[Drawn]]]:
+    """As `stream`, with the new token ids so far and how each was drawn
+    (`decoder.Drawn`) alongside each text piece; the last item has all of
+    them (an end token included) and may carry no text. Pieces that arrive within UPDATE_EVERY_S of the last are joined.
     The tokens come from the model's `Decoder` (decoder.py), which decodes
     every concurrent request on the model in one batch."""
     cancel = cancel or threading.Event()
     request = decoder_for(m).submit(ids, s, cancel)
-    text, held, last = Detokenizer(m.tokenizer), "", 0.0
+    text, held, last, drawn = Detokenizer(m.tokenizer), "", 0.0, []
     try:
         while (token := m.worker.take(request.out)) is not None:
             if isinstance(token, BaseException):
                 raise token
-            held += text.add(token)
+            drawn.append(token)
+            held += text.add(token.id)
             if held and time.monotonic() - last >= UPDATE_EVERY_S:
-                yield held, list(text.ids)
+                yield held, list(text.ids), list(drawn)
                 held, last = "", time.monotonic()
-        yield held, list(text.ids)
+        yield held, list(text.ids), list(drawn)
     finally:
         cancel.set()
         if m.worker.inline:

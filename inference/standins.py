@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM,
 from .registry import CLASSIFY, SCORE, REGISTRY, ModelSpec
 
 CORPUS = Path(__file__).with_name("standin_corpus.txt")
-VERSION = "v3"  # bump when the stand-ins change, so caches rebuild
+VERSION = "v4"  # bump when the stand-ins change, so caches rebuild
 
 # Configs: the published fields of each shape; "tiny" overrides only sizes.
 _LLAMA_COMMON = dict(
@@ -182,19 +183,43 @@ def _training_text(spec: ModelSpec, tok) -> list[int]:
 
 def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
     """A few steps on the corpus so that output distributions are not flat
-    and sampled text is made of real tokens."""
+    and sampled text is made of real tokens.
+
+    The tokenizers know ~2,000 of the configs' 32,000 (or 50,261) ids. The
+    output rows of the ids they never produce are set to zero, so those
+    logits are exactly 0, and the loss is the full softmax written with that
+    fact (the zero logits enter as one term, n * e^0): the same objective at
+    a sixteenth of the cost, which is what makes a build take seconds."""
     g = torch.Generator().manual_seed(seed)
     data = torch.tensor(_training_text(spec, tok))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    used = torch.tensor(sorted(set(tok.get_vocab().values())))
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        keep = head[used].clone()
+        head.zero_()
+        head[used] = keep
+    index = torch.full((head.shape[0],), -1, dtype=torch.long)
+    index[used] = torch.arange(len(used))
+    unused = math.log(head.shape[0] - len(used))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     # Long windows: GPT-2 learns its position embeddings, and answers run
     # for a couple of hundred tokens.
     block, batch = 192, 4
     for _ in range(steps):
         starts = torch.randint(0, len(data) - block - 1, (batch,), generator=g)
-        x = torch.stack([data[s:s + block] for s in starts])
-        loss = model(input_ids=x, labels=x).loss
+        x = torch.stack([data[s:s + block + 1] for s in starts])
+        hidden = model.base_model(input_ids=x[:, :-1]).last_hidden_state
+        logits = hidden @ head[used].t()
+        log_z = torch.logaddexp(logits.logsumexp(-1), torch.tensor(unused))
+        picked = logits.gather(-1, index[x[:, 1:]].unsqueeze(-1)).squeeze(-1)
+        loss = (log_z - picked).mean()
         loss.backward()
+        with torch.no_grad():   # the unused rows stay exactly zero
+            mask = torch.ones(head.shape[0], dtype=torch.bool)
+            mask[used] = False
+            if head.grad is not None:
+                head.grad[mask] = 0
         opt.step()
         opt.zero_grad()
     model.eval()

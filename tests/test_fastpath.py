@@ -37,7 +37,7 @@ def test_setting_rejects_unknown_road():
 def test_auto_picks_a_road_this_cpu_has():
     road = fastpath.resolve("auto")
     assert road in ("int8", "bf16", "off")
-    if fastpath.int8_engine():
+    if fastpath.has_int8():
         assert road == "int8"
 
 
@@ -47,13 +47,13 @@ def test_engine_serves_the_chosen_road_and_says_so(ttl, fp32):
         pytest.skip("this CPU has neither a quantised engine nor native bf16")
     assert f"{road} fast path" in ttl.source
     assert "fast path" not in fp32.source
-    if road == "int8":   # the Linear layers now hold packed int8 weights
+    if road == "int8":   # the Linear layers now hold int8 weights
         assert fastpath.weight_bytes_per_token(ttl.model) < 0.5 * fastpath.weight_bytes_per_token(fp32.model)
 
 
 @pytest.mark.parametrize("road", ["int8", "bf16"])
 def test_fast_roads_agree_with_fp32(fp32, road):
-    if road == "int8" and not fastpath.int8_engine():
+    if road == "int8" and not fastpath.has_int8():
         pytest.skip("no quantised engine in this torch build")
     fast, taken = fastpath.apply(copy.deepcopy(fp32.model), fp32.device, road)
     assert taken == road

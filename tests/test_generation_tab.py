@@ -99,28 +99,29 @@ def logits_of(m, ids):
 def test_why_view_matches_the_logits_greedy(engine, ttl):
     ids = prompt_ids(ttl)
     s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=8)
-    new = list(generation.stream_tokens(ttl, ids, s))[-1][1]
-    infos = analysis.explain(ttl, ids, new, s)
+    _, new, drawn = list(generation.stream_tokens(ttl, ids, s))[-1]
+    infos = analysis.explain(ttl.tokenizer, ids, drawn)
     probs = torch.softmax(logits_of(ttl, ids + new)[len(ids) - 1:-1], dim=-1)
     for i, (info, tok) in enumerate(zip(infos, new)):
-        assert info.id == tok and info.prob == pytest.approx(float(probs[i, tok]), abs=1e-4)
-        assert int(probs[i].argmax()) == tok      # greedy picked the most likely token
-        assert info.alternatives[0][1] == pytest.approx(float(probs[i].max()), abs=1e-4)
+        # recorded while decoding; the model's own pass over the whole text agrees
+        assert info.id == tok and info.prob == pytest.approx(float(probs[i, tok]), abs=1e-3)
+        assert info.alternatives[0] == (ttl.tokenizer.decode([tok]), info.prob)   # greedy: the argmax
+        assert int(probs[i].argmax()) == tok
 
 
 def test_why_view_matches_the_logits_sampled_with_penalty_and_temperature(ttl):
     ids = prompt_ids(ttl)
     s = Sampling(temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1.3,
                  max_new_tokens=8, seed=3)
-    new = list(generation.stream_tokens(ttl, ids, s))[-1][1]
-    infos = analysis.explain(ttl, ids, new, s)
+    _, new, drawn = list(generation.stream_tokens(ttl, ids, s))[-1]
+    infos = analysis.explain(ttl.tokenizer, ids, drawn)
     logits = logits_of(ttl, ids + new)
     for i, tok in enumerate(new):
         row, seen = logits[len(ids) - 1 + i].clone(), torch.tensor(sorted(set(ids + new[:i])))
         # the repetition penalty as the model's card applies it: divide positive, multiply negative
         row[seen] = torch.where(row[seen] > 0, row[seen] / 1.3, row[seen] * 1.3)
         p = torch.softmax(row / 0.7, dim=-1)
-        assert infos[i].prob == pytest.approx(float(p[tok]), abs=1e-4) and infos[i].prob > 0
+        assert infos[i].prob == pytest.approx(float(p[tok]), abs=1e-3) and infos[i].prob > 0
 
 
 def test_perplexity_matches_the_logits(ttl):

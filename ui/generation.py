@@ -96,15 +96,15 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
     for i in range(n):
         si = s if s.seed is None else generation.Sampling(
             **{**s.__dict__, "seed": (s.seed + i) % (generation.MAX_SEED + 1)})
-        r = dict(ids=[], first=None, end=None, sampling=si)
+        r = dict(ids=[], drawn=[], first=None, end=None, sampling=si)
         runs.append(r)
         start = time.perf_counter()
         # closing(): a Stop closes this generator, and the worker must end with it.
         with contextlib.closing(generation.stream_tokens(m, ids, si)) as tokens:
-            for piece, new_ids in tokens:
+            for piece, new_ids, drawn in tokens:
                 now = time.perf_counter()
                 r["first"] = r["first"] if r["first"] is not None else now - start
-                r["ids"], r["end"] = new_ids, now - start
+                r["ids"], r["drawn"], r["end"] = new_ids, drawn, now - start
                 texts[i] += piece
                 yield *texts, figures(m, len(ids), dropped, runs), banner, run
     yield *texts, figures(m, len(ids), dropped, runs), banner, run
@@ -121,7 +121,7 @@ def explain(engine, run, which=1):
         raise gr.Error(f"There are only {len(run['runs'])} completions.", title="Nothing to explain")
     m = common.load(engine, run["key"], run["revision"])
     r = run["runs"][which - 1]
-    infos = analysis.explain(m, run["prompt"], r["ids"], r["sampling"])
+    infos = analysis.explain(m.tokenizer, run["prompt"], r["drawn"])
     spans = [(t.text, prob_band(t.prob)) for t in infos]
     table = [[i + 1, repr(t.text), round(t.prob, 4),
               " · ".join(f"{a!r} {p:.3f}" for a, p in t.alternatives)]
