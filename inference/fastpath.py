@@ -11,8 +11,10 @@ One setting chooses it: `TTL_FAST` (or `Settings.fast`) = auto | off | int8 | bf
   flattened every other one, label scores moved by 0.06, and a token's
   probability depended on what else shared the batch. Here a token's result
   does not depend on any other row (the products are integers).
-- bf16: weights in bfloat16 (28 tokens/s there); worth it only where the
-  CPU has native bf16 (avx512_bf16 or AMX).
+- bf16: weights and activations in bfloat16 (28 tokens/s there); worth it
+  only where the CPU has native bf16 (avx512_bf16 or AMX) and no int8
+  product. Its 8-bit mantissa moves a token's probability by up to ~0.03
+  on a 512-token text (int8: under 0.02; tests/test_fidelity.py).
 - auto: int8 where a quantised engine exists, else bf16 where the CPU has
   it, else fp32. `python -m inference.bench` measures the roads side by side.
 

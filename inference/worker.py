@@ -21,6 +21,7 @@ once, and decoding driven by whoever waits for a token (`take`).
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -48,6 +49,10 @@ class Worker:
         self._active: dict[Turns, None] = {}   # an ordered set: turns go round in order
         self._thread: threading.Thread | None = None
         self._in_job = False
+        self._closing = False
+        # A thread still inside torch when the interpreter exits aborts the
+        # process ("terminate called without an active exception").
+        atexit.register(self.stop)
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the worker (under inference mode) and return its
@@ -90,6 +95,14 @@ class Worker:
                 for t in active:
                     t.turn()
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread after the turn or job it is in (at exit)."""
+        with self._guard:
+            self._closing, thread = True, self._thread
+            self._guard.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     @property
     def running(self) -> bool:
         """The thread is alive (working, or lingering for more work)."""
@@ -102,6 +115,8 @@ class Worker:
             return not (self._jobs or self._in_job or any(t.busy for t in self._active))
 
     def _start(self) -> None:   # with self._guard held
+        if self._closing:
+            raise RuntimeError("The app is shutting down.")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
@@ -110,12 +125,12 @@ class Worker:
         while True:
             with self._guard:
                 self._active = {t: None for t in self._active if t.busy}
-                if not self._jobs and not self._active:
-                    self._guard.wait(self.linger_s)   # woken by call() or wake()
+                if not self._jobs and not self._active and not self._closing:
+                    self._guard.wait(self.linger_s)   # woken by call(), wake() or stop()
                     self._active = {t: None for t in self._active if t.busy}
-                    if not self._jobs and not self._active:
-                        self._thread = None
-                        return
+                if self._closing or (not self._jobs and not self._active):
+                    self._thread = None
+                    return
                 job = self._jobs.popleft() if self._jobs else None
                 self._in_job = job is not None
                 active = list(self._active)

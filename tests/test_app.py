@@ -19,9 +19,16 @@ def test_generate_endpoint_answers_an_empty_prompt_with_a_message(client):
     assert texts == ["", "", "", ""] and "Type a prompt" in figures
 
 
-def test_chat_endpoint_answers(client):
-    answer = client.predict("O que é uma lhama?", api_name="/chat")
-    assert isinstance(answer, str)
+def test_chat_endpoint_answers_and_a_seed_reproduces_the_answer(client):
+    answer = client.predict("O que é uma lhama?", seed=3, api_name="/chat")
+    assert answer.strip() and "<|" not in answer   # Aira's special tokens never reach the text
+    assert client.predict("O que é uma lhama?", seed=3, api_name="/chat") == answer
+
+
+def test_a_seed_reproduces_the_generated_text_call_after_call(client):
+    args = dict(temperature=1.0, max_new_tokens=40, seed=1234, api_name="/generate")
+    first = client.predict("A PUCRS é uma universidade ", **args)[0]
+    assert first and client.predict("A PUCRS é uma universidade ", **args)[0] == first
 
 
 def test_classify_endpoint_returns_label_probabilities(client):

@@ -26,5 +26,7 @@ def test_switch_to_460m_lists_its_checkpoints_and_generates(page):
 def test_switch_classifier_relabels_the_inputs(page):
     page.get_by_role("tab", name="Classification").click()
     choose(page, "Classifier", "TeenyTinyLlama-160m-Assin2 (entailment)")
-    page.get_by_label("Premise").first.wait_for(timeout=10_000)
-    page.get_by_label("Hypothesis").first.wait_for(timeout=10_000)
+    page.get_by_label("Premise").first.wait_for(state="visible", timeout=10_000)
+    page.get_by_label("Hypothesis").first.wait_for(state="visible", timeout=10_000)
+    assert page.get_by_label("Text", exact=True).count() == 0 or \
+        not page.get_by_label("Text", exact=True).first.is_visible()   # the single-text label is gone

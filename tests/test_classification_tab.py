@@ -115,8 +115,14 @@ def test_the_adapter_changes_the_scores(engine, tweet):
     assert all(abs(again[l] - with_adapter[l]) < 1e-3 for l in again)
 
 
-def test_free_generation_answer_is_text(tweet):
-    assert isinstance(classification.free_answer(tweet, "Great game tonight!"), str)
+def test_free_generation_answer_is_the_greedy_continuation_of_the_chat_prompt(tweet):
+    from inference import formats, generation
+    from inference.registry import TWEET_SYSTEM_PROMPT
+    ids = formats.encode("zephyr-chat", tweet.tokenizer,
+                         {"system": TWEET_SYSTEM_PROMPT, "text": "Great game tonight!"})
+    s = generation.Sampling(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
+    expected = generation.complete(tweet, ids, s).strip()
+    assert expected and classification.free_answer(tweet, "Great game tonight!") == expected
 
 
 def test_a_batch_with_bad_rows_completes(engine, tmp_path):
@@ -147,17 +153,22 @@ def test_pasted_lines_and_upload_limits(engine, tmp_path):
     bad.write_text("a")
     big = tmp_path / "big.csv"
     big.write_text("text\n" + "a" * (tab.MAX_UPLOAD_BYTES + 1))
-    for file, lines in ((str(bad), ""), (str(big), ""), (None, "   "),
-                        (None, "a\n" * (tab.MAX_BATCH_ROWS + 1))):
-        with pytest.raises(gr.Error):
+    for file, lines, message in ((str(bad), "", "Upload a .csv or .txt file"),
+                                 (str(big), "", "bytes; the limit is"),
+                                 (None, "   ", "Upload a CSV or paste one text per line"),
+                                 (None, "a\n" * (tab.MAX_BATCH_ROWS + 1), "rows; the limit is")):
+        with pytest.raises(gr.Error, match=message):
             tab.read_rows(spec, file, lines)
 
 
-@pytest.mark.parametrize("args", [("", "ttl-160m-imdb", ""), ("x", "ttl-160m", ""),
-                                  ("x", "no-such", ""), ("x", "ttl-160m-assin2", " "),
-                                  (123, "ttl-160m-imdb", "")])
-def test_bad_single_input_gets_a_message(engine, args):
-    with pytest.raises(gr.Error):
+@pytest.mark.parametrize("args, message", [
+    (("", "ttl-160m-imdb", ""), "Please type some text first"),
+    (("x", "ttl-160m", ""), "'ttl-160m' is not a classifier"),
+    (("x", "no-such", ""), "Unknown model 'no-such'"),
+    (("x", "ttl-160m-assin2", " "), "Please type some hypothesis first"),
+    ((123, "ttl-160m-imdb", ""), "The text must be text")])
+def test_bad_single_input_gets_a_message(engine, args, message):
+    with pytest.raises(gr.Error, match=message):
         tab.classify(engine, *args, progress=None)
 
 

@@ -3,12 +3,11 @@ completions, "Why this token?" and perplexity checked against the logits,
 over-long prompts."""
 
 import math
-import time
 
 import pytest
 import torch
 
-from inference import analysis, formats, generation
+from inference import analysis, decoder, formats, generation
 from inference.generation import Sampling
 from inference.registry import REGISTRY
 from ui import generation as tab
@@ -58,13 +57,12 @@ def test_new_tokens_are_counted_from_the_generated_ids(engine, ttl):
     assert f"**{len(prompt_ids(ttl))}** prompt tokens" in out[4] and "tokens/s" in out[4]
 
 
-def test_stop_ends_the_worker_within_a_fraction_of_a_second(engine):
+def test_stop_takes_the_request_out_of_the_batch_at_once(engine):
     gen = tab.generate(engine, "A lhama é um animal", max_new_tokens=1000, seed=1)
     next(gen), next(gen)
-    t0 = time.perf_counter()
-    gen.close()
-    assert time.perf_counter() - t0 < 0.5
-    assert workers_stopped(0.5)
+    gen.close()   # returns once the request has left the batch
+    assert not decoder.decoder_for(engine.load("ttl-160m")).busy
+    assert workers_stopped(5)
 
 
 def test_empty_prompt_gets_a_message_not_an_error(engine):

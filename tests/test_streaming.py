@@ -44,11 +44,11 @@ def test_same_seed_same_text_different_seed_different_text(ttl):
 
 def test_greedy_matches_the_argmax_of_the_logits(ttl):
     ids = prompt(ttl)
-    text = generation.complete(ttl, ids, Sampling(do_sample=False, repetition_penalty=1.0,
-                                                  max_new_tokens=5))
+    s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=5)
+    new = list(generation.stream_tokens(ttl, ids, s))[-1][1]
     with torch.no_grad():
-        first = int(ttl.model(torch.tensor([ids])).logits[0, -1].argmax())
-    assert text.startswith(ttl.tokenizer.decode([first]).strip()[:3])
+        logits = ttl.model(torch.tensor([ids + new])).logits[0, len(ids) - 1:-1]
+    assert new == logits.argmax(-1).tolist()
 
 
 def test_generation_stops_at_the_models_end_token(aira, monkeypatch):
@@ -67,13 +67,13 @@ def test_generation_stops_at_the_models_end_token(aira, monkeypatch):
     assert [(text, ids) for text, ids, _ in items] == [("", [eos])]
 
 
-def test_closing_the_stream_stops_the_worker_at_once(ttl):
+def test_closing_the_stream_takes_the_request_out_of_the_batch_at_once(ttl):
     it = generation.stream(ttl, prompt(ttl), Sampling(max_new_tokens=1000, seed=1))
     next(it)
-    t0 = time.perf_counter()
-    it.close()
-    assert time.perf_counter() - t0 < 0.5
-    assert workers_stopped(0.5)
+    it.close()   # returns once the request has left the batch
+    d = decoder.decoder_for(ttl)
+    assert not d.rows and not d.busy
+    assert workers_stopped(5)
 
 
 def test_cancel_event_ends_generation_early(ttl):
@@ -87,7 +87,7 @@ def test_cancel_event_ends_generation_early(ttl):
 
 
 def test_worker_errors_reach_the_caller(ttl):
-    with pytest.raises(Exception):
+    with pytest.raises(IndexError, match="index out of range"):   # no such token id
         list(generation.stream(ttl, [10**9], Sampling(max_new_tokens=3)))
 
 

@@ -43,14 +43,11 @@ def test_handlers_run_under_spaces_gpu_only_on_zero_gpu(monkeypatch, engine):
 
 
 def test_zero_gpu_stop_takes_the_request_out_of_its_batch_at_once():
-    import time
     from inference import decoder
     e = engine_for_tests(zero_gpu=True)
     ttl = e.load("ttl-160m")
     ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
     tokens = generation.stream_tokens(ttl, ids, Sampling(max_new_tokens=500, seed=1))
     next(tokens)
-    t0 = time.perf_counter()
-    tokens.close()
-    assert time.perf_counter() - t0 < 1.0
+    tokens.close()   # inline: the closing caller runs the turn that drops it
     assert not decoder.decoder_for(ttl).rows
