@@ -19,6 +19,15 @@ STANDIN_DIR = Path(os.environ.setdefault(
 from inference.loading import Engine, Settings  # noqa: E402
 
 
+def pytest_sessionstart(session):
+    """Every stand-in built before the first test (seconds, once per
+    machine), so that no test, and no browser test's timeout, waits on one."""
+    from inference import standins
+    from inference.registry import REGISTRY
+    for key in REGISTRY:
+        standins.ensure(key, root=STANDIN_DIR)
+
+
 # The compute threads (inference/worker.py) of the engines the tests made.
 WORKERS = []
 
