@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoder import TOP_ALTERNATIVES, Drawn
+from .sampling import TOP_ALTERNATIVES, Drawn
 from .loading import Loaded
 
 

@@ -104,7 +104,7 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
             assert out[0]["generated_text"] is not None
     else:
         from .decoder import decoder_for
-        from .generation import Sampling
+        from .sampling import Sampling
         from .loading import Engine, Settings
         if REGISTRY[key].adapter_setting:
             os.environ[REGISTRY[key].adapter_setting] = str(Path(path) / "adapter")
@@ -186,7 +186,7 @@ def all_defaults_memory(paths: dict[str, str]) -> dict:
     is loaded and has served one request, and the peak."""
     from .classification import classify, score_pairs
     from .decoder import decoder_for
-    from .generation import Sampling
+    from .sampling import Sampling
     from .loading import Engine, Settings
     from .registry import SCORE
     torch.set_num_threads(fastpath.cores())

@@ -9,11 +9,11 @@ keep their sampling order; without the guardrail none is dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 from .classification import score_pairs
-from .generation import MAX_SEED, Sampling
+from .sampling import Sampling, for_completion
 from .loading import Loaded
 
 TOXICITY_THRESHOLD = 5.0   # the authors' demo keeps candidates scoring >= 5
@@ -53,8 +53,5 @@ def pick(candidates: Sequence[Candidate]) -> int | None:
 
 
 def samplings(s: Sampling, n: int) -> list[Sampling]:
-    """Settings for each of n candidates: with a seed, candidate i uses
-    seed + i so the set is reproducible and the candidates differ."""
-    if s.seed is None:
-        return [s] * n
-    return [replace(s, seed=(s.seed + i) % (MAX_SEED + 1)) for i in range(n)]
+    """Settings for each of n candidates (`sampling.for_completion`)."""
+    return [for_completion(s, i) for i in range(n)]

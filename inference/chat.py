@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from .formats import BOS, EOS, SEP, encode_parts
-from .generation import Sampling, stream
+from .generation import stream
+from .sampling import Sampling
 from .loading import Loaded
 
 Turn = tuple[str, str]   # (question, answer)

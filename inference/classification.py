@@ -79,7 +79,8 @@ def score_labels(m: Loaded, text: str) -> dict[str, float]:
 def free_answer(m: Loaded, text: str, max_new_tokens: int = 8) -> str:
     """What the tweet model answers when it is free to write (greedy, a few
     tokens): the seed notes it does not reliably answer with one word."""
-    from .generation import Sampling, complete, fit_context
+    from .generation import complete, fit_context
+    from .sampling import Sampling
     ids = encode("zephyr-chat", m.tokenizer, {"system": TWEET_SYSTEM_PROMPT, "text": text})
     ids, _ = fit_context(ids, m.spec.max_input_tokens, max_new_tokens, keep_first=1)
     s = Sampling.from_defaults(m.spec.defaults, max_new_tokens=max_new_tokens,

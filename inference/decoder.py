@@ -14,9 +14,9 @@ to them (int8, bf16) applies, and tests check its logits against
 transformers' forward.
 
 Read top to bottom: `Cache` -> `attend` -> one forward per architecture
-(`llama`, `gpt2`) -> the sampling of one row (`penalised`, `candidates`,
-`draw`) -> `Decoder`, the batch of one model, which the engine's compute
-thread (worker.py) runs a turn at a time.
+(`llama`, `gpt2`) -> `Decoder`, the batch of one model, which the engine's
+compute thread (worker.py) runs a turn at a time. Each row's token is drawn
+by `sampling.draw`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from .sampling import Sampling, draw
+
 if TYPE_CHECKING:
-    from .generation import Sampling
     from .loading import Loaded
 
 MAX_ROWS = 8         # requests decoded together per model; later ones wait their turn
@@ -167,73 +168,13 @@ def new_cache(m: "Loaded") -> Cache:
     return Cache(c.num_hidden_layers, kv_heads, head_dim, context, dtype, m.device)
 
 
-# -- sampling one row ------------------------------------------------------------
-def penalised(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """The repetition penalty as transformers applies it (CTRL's): the logit of
-    every token already in the text is divided by `penalty` when positive,
-    multiplied when negative."""
-    if penalty == 1.0 or not len(seen):
-        return logits
-    logits = logits.clone()
-    prev = logits[seen]
-    logits[seen] = torch.where(prev < 0, prev * penalty, prev / penalty)
-    return logits
-
-
-def candidates(logits: torch.Tensor, s: "Sampling") -> tuple[torch.Tensor, torch.Tensor]:
-    """The tokens sampling may draw and their probabilities, after
-    temperature, top-k and top-p (in that order, as in transformers). Works
-    on the top-k alone: sorting 32,000 logits for every token is not free."""
-    logits = logits.float() / s.temperature
-    if 0 < s.top_k < logits.shape[-1]:
-        values, ids = logits.topk(s.top_k)
-    else:
-        values, ids = logits.sort(descending=True)
-    probs = torch.softmax(values, -1)
-    if s.top_p < 1.0:   # keep the most likely tokens until their mass reaches top_p
-        probs = probs * ((probs.cumsum(-1) - probs) < s.top_p)
-        probs = probs / probs.sum()
-    return ids, probs
-
-
-TOP_ALTERNATIVES = 5
-
-
-@dataclass(frozen=True)
-class Drawn:
-    """A token as it was drawn: its probability in the distribution it was
-    drawn from (after the penalty and, when sampling, the filters) and the
-    most likely tokens of that distribution. "Why this token?" shows these:
-    recorded here, they are what really happened, never a second pass's
-    estimate (a sampled token never shows p = 0)."""
-    id: int
-    prob: float
-    top: tuple[tuple[int, float], ...]
-
-
-def draw(logits: torch.Tensor, seen: torch.Tensor, s: "Sampling",
-         generator: torch.Generator) -> Drawn:
-    """The next token of one row: greedy, or drawn with the row's own
-    generator, so that no request's draws depend on another's."""
-    logits = penalised(logits, seen, s.repetition_penalty)
-    if s.do_sample:
-        ids, probs = candidates(logits, s)
-        pick = int(torch.multinomial(probs, 1, generator=generator))
-    else:
-        probs, ids = torch.softmax(logits.float(), -1).topk(TOP_ALTERNATIVES)
-        pick = 0   # the argmax
-    top = tuple((int(i), float(p)) for i, p in zip(ids[:TOP_ALTERNATIVES], probs[:TOP_ALTERNATIVES])
-                if p > 0)
-    return Drawn(int(ids[pick]), float(probs[pick]), top)
-
-
 # -- the worker ------------------------------------------------------------------
 @dataclass(eq=False)
 class Request:
     """One prompt being decoded. Its tokens arrive on `out` (as `Drawn`),
     then None (finished) or the exception that stopped it."""
     ids: list[int]
-    s: "Sampling"
+    s: Sampling
     stop: frozenset[int]
     cancel: threading.Event
     out: SimpleQueue = field(default_factory=SimpleQueue)
@@ -280,7 +221,7 @@ class Decoder:
     def busy(self) -> bool:
         return bool(self.rows or self._waiting)
 
-    def submit(self, ids: list[int], s: "Sampling", cancel: threading.Event | None = None,
+    def submit(self, ids: list[int], s: Sampling, cancel: threading.Event | None = None,
                stop: frozenset[int] | None = None) -> Request:
         if not 0 < len(ids) < self.cache.context:
             raise ValueError(f"A prompt must have 1 to {self.cache.context - 1} tokens for "

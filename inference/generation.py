@@ -2,70 +2,24 @@
 model cards, stopping on each model's end token, and cancellation that
 really stops the work.
 
-Read top to bottom: `Sampling` (validated settings) -> `fit_context` (cut an
-over-long prompt) -> `stream` (hand the prompt to the model's batch in
-decoder.py, yield text as it comes).
+Read top to bottom: `fit_context` (cut an over-long prompt) -> `stream`
+(hand the prompt to the model's batch in decoder.py, yield text as it
+comes). The settings are `sampling.Sampling`.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from dataclasses import dataclass, fields
-from typing import Iterator, Mapping
+from typing import Iterator
 
-from .decoder import Drawn, decoder_for
+from .decoder import decoder_for
 from .loading import Loaded
-
-MAX_NEW_TOKENS_CAP = 1024   # a demo answer; a billion is an input error
+from .sampling import Drawn, Sampling
 # A page gets at most ~25 updates a second: one per token (hundreds a second
 # from a small model) makes the browser fall behind, and a Clear or a new
 # question then lands before updates still queued for the old answer.
 UPDATE_EVERY_S = 0.04
-MAX_SEED = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings; `checked()` turns bad values into clear messages."""
-    temperature: float = 0.2
-    top_k: int = 20
-    top_p: float = 0.2
-    repetition_penalty: float = 1.2
-    max_new_tokens: int = 150
-    do_sample: bool = True
-    seed: int | None = None
-
-    @classmethod
-    def from_defaults(cls, defaults: Mapping, **overrides) -> "Sampling":
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in defaults.items() if k in names}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).checked()
-
-    def checked(self) -> "Sampling":
-        def number(name, lo, hi, integer=False):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a number, got {v!r}.")
-            if integer and v != int(v):
-                raise ValueError(f"{name} must be a whole number, got {v!r}.")
-            if not lo <= v <= hi:
-                raise ValueError(f"{name} must be between {lo} and {hi}, got {v!r}.")
-            return int(v) if integer else float(v)
-
-        seed = self.seed
-        # None, "" and -1 mean "random": a Number field in the page cannot be empty.
-        seed = None if seed in (None, "", -1) else number("seed", -1, MAX_SEED, integer=True)
-        return Sampling(
-            temperature=number("temperature", 0.01, 5.0),
-            top_k=number("top_k", 0, 1000, integer=True),
-            top_p=number("top_p", 0.01, 1.0),
-            repetition_penalty=number("repetition_penalty", 1.0, 3.0),
-            max_new_tokens=number("max_new_tokens", 1, MAX_NEW_TOKENS_CAP, integer=True),
-            do_sample=bool(self.do_sample),
-            seed=seed)
 
 
 def fit_context(ids: list[int], context: int, max_new_tokens: int,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 
 from . import analysis, generation
+from .sampling import Sampling
 from .loading import Loaded
 
 
@@ -41,7 +42,7 @@ def decoding_speed(m: Loaded, prompt: str, new_tokens: int = 32) -> Speed:
     the text, as the generation tab does."""
     ids = m.tokenizer(prompt)["input_ids"]
     ids, _ = generation.fit_context(ids, m.spec.max_input_tokens, new_tokens, keep_first=1)
-    s = generation.Sampling(do_sample=False, max_new_tokens=new_tokens,
+    s = Sampling(do_sample=False, max_new_tokens=new_tokens,
                             repetition_penalty=1.0).checked()
     first = last = None
     text = ""

@@ -8,7 +8,7 @@ import pytest
 from gradio_client.exceptions import AppError
 
 from inference import classification, formats, generation
-from inference.generation import Sampling
+from inference.sampling import Sampling
 
 from conftest import workers_stopped
 
@@ -169,7 +169,7 @@ def test_bad_generation_settings_get_a_message(client, changes, match):
 
 
 # /chat is a plain API function (no components in front): its settings are
-# checked by inference.generation.Sampling and the tab.
+# checked by inference.sampling.Sampling and the tab.
 @pytest.mark.parametrize("kwargs, match", [
     (dict(temperature=-0.5), r"temperature must be between 0.01 and 5.0, got -0.5"),
     (dict(temperature=0.0), "temperature must be between"),

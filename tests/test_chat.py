@@ -8,7 +8,7 @@ import pytest
 from gradio_client.exceptions import AppError
 
 from inference import bestofn, chat, classification, decoder, standins
-from inference.generation import Sampling
+from inference.sampling import Sampling
 from inference.loading import Engine, Settings
 from ui import chat as chat_tab
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from inference import classification, fastpath, standins
+from inference import classification, fastpath, sampling, standins
 from inference.batching import MicroBatcher
 from inference.registry import REGISTRY
 from ui import classification as tab
@@ -120,7 +120,7 @@ def test_free_generation_answer_is_the_greedy_continuation_of_the_chat_prompt(tw
     from inference.registry import TWEET_SYSTEM_PROMPT
     ids = formats.encode("zephyr-chat", tweet.tokenizer,
                          {"system": TWEET_SYSTEM_PROMPT, "text": "Great game tonight!"})
-    s = generation.Sampling(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
+    s = sampling.Sampling(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
     expected = generation.complete(tweet, ids, s).strip()
     assert expected and classification.free_answer(tweet, "Great game tonight!") == expected
 

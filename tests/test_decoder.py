@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from inference import decoder, formats, generation
+from inference import decoder, formats, generation, sampling
 from inference.decoder import Where
-from inference.generation import Sampling
+from inference.sampling import Sampling
 
 from conftest import engine_for_tests, wait_until
 
@@ -141,7 +141,7 @@ def test_top_k_and_top_p_keep_the_tokens_transformers_keeps():
     logits = torch.randn(1000) * 3
     for top_k, top_p, temp in [(20, 0.2, 0.2), (50, 1.0, 0.1), (0, 0.9, 1.0), (0, 1.0, 0.7)]:
         s = Sampling(temperature=temp, top_k=top_k, top_p=top_p)
-        ids, probs = decoder.candidates(logits, s)
+        ids, probs = sampling.candidates(logits, s)
         x = TemperatureLogitsWarper(temp)(None, logits[None].clone())
         x = TopKLogitsWarper(top_k)(None, x) if top_k else x
         x = TopPLogitsWarper(top_p)(None, x) if top_p < 1 else x
@@ -159,7 +159,7 @@ def test_a_prompt_that_fails_alone_does_not_stop_the_batch(ttl):
     assert isinstance(broken.out.get(), IndexError)
     tokens = []
     while (t := running.out.get()) is not None:
-        assert isinstance(t, decoder.Drawn), t
+        assert isinstance(t, sampling.Drawn), t
         tokens.append(t)
     assert len(tokens) == 39
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from inference import fastpath
-from inference.generation import Sampling, complete
+from inference.generation import complete
+from inference.sampling import Sampling
 from inference.loading import Engine, Settings
 
 

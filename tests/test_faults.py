@@ -15,7 +15,7 @@ import torch
 from gradio_client.exceptions import AppError
 
 from inference import decoder, faults, formats, generation, standins
-from inference.generation import Sampling
+from inference.sampling import Sampling
 from inference.loading import Engine, ModelUnavailable, Settings
 from ui import common
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from inference import analysis, classification, fastpath, formats, generation, standins
-from inference.decoder import candidates, penalised
-from inference.generation import Sampling
+from inference.sampling import candidates, penalised
+from inference.sampling import Sampling
 
 from conftest import engine_for_tests
 

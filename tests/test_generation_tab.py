@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference import analysis, decoder, formats, generation
-from inference.generation import Sampling
+from inference.sampling import Sampling
 from inference.registry import REGISTRY
 from ui import generation as tab
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference import decoder, formats, generation
-from inference.generation import Sampling
+from inference.sampling import Sampling
 
 from conftest import workers_stopped
 

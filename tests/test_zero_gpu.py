@@ -7,7 +7,7 @@ import sys
 import types
 
 from inference import formats, generation
-from inference.generation import Sampling
+from inference.sampling import Sampling
 from ui import common
 
 from conftest import engine_for_tests

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from inference import bestofn, chat, generation
+from inference import bestofn, chat, sampling
 from inference.loading import ModelUnavailable
 from inference.registry import REGISTRY
 
@@ -92,7 +92,7 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
     n = common.check_count(n, bestofn.MAX_CANDIDATES, "The number of candidates")
     m = common.load(engine, KEY, progress=progress)
     try:
-        s = generation.Sampling.from_defaults(
+        s = sampling.Sampling.from_defaults(
             m.spec.defaults, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, seed=seed)
     except ValueError as exc:
@@ -187,7 +187,7 @@ def build(engine) -> None:
                           info="More than 1: each is scored by RewardModelPT, those "
                                "ToxiGuardrailPT scores below 5 are dropped, the best is shown.")
             temperature, top_k, top_p, rep, max_new = common.sampling_controls(d, 512)
-            seed = gr.Number(-1, precision=0, minimum=-1, maximum=generation.MAX_SEED,
+            seed = gr.Number(-1, precision=0, minimum=-1, maximum=sampling.MAX_SEED,
                              label="Seed (−1 = random)")
 
     settings = [use_history, temperature, top_k, top_p, rep, max_new, seed, n]

@@ -9,7 +9,7 @@ import time
 
 import gradio as gr
 
-from inference import analysis, formats, generation
+from inference import analysis, formats, generation, sampling
 from inference.registry import GENERATE, REGISTRY, by_task
 
 from . import common
@@ -41,7 +41,7 @@ def surprise_band(bits: float) -> str:
 
 def _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed):
     try:
-        return generation.Sampling.from_defaults(
+        return sampling.Sampling.from_defaults(
             m.spec.defaults, temperature=temperature, top_k=top_k, top_p=top_p,
             repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
             do_sample=not greedy, seed=seed)
@@ -85,7 +85,7 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
     if s.seed is None and s.do_sample:
         # Draw the seed here so that the figures can show it and the output can be
         # reproduced (exactly so on int8 weights when the model serves it alone).
-        s = generation.Sampling(**{**s.__dict__, "seed": random.randrange(generation.MAX_SEED)})
+        s = sampling.Sampling(**{**s.__dict__, "seed": random.randrange(sampling.MAX_SEED)})
     ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
     ids, dropped = generation.fit_context(ids, m.spec.max_input_tokens, s.max_new_tokens,
                                           keep_first=1)
@@ -94,8 +94,7 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
     runs: list[dict] = []
     run = dict(key=m.spec.key, revision=revision, sampling=s, prompt=ids, runs=runs)
     for i in range(n):
-        si = s if s.seed is None else generation.Sampling(
-            **{**s.__dict__, "seed": (s.seed + i) % (generation.MAX_SEED + 1)})
+        si = sampling.for_completion(s, i)
         r = dict(ids=[], drawn=[], first=None, end=None, sampling=si)
         runs.append(r)
         start = time.perf_counter()
@@ -172,9 +171,9 @@ def build(engine) -> None:
             revision = gr.Dropdown(list(REGISTRY["ttl-160m"].revisions), value="main",
                                    label="Checkpoint (training step)", allow_custom_value=True)
             temperature, top_k, top_p, rep, max_new = common.sampling_controls(
-                d, generation.MAX_NEW_TOKENS_CAP)
+                d, sampling.MAX_NEW_TOKENS_CAP)
             greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
-            seed = gr.Number(-1, precision=0, minimum=-1, maximum=generation.MAX_SEED,
+            seed = gr.Number(-1, precision=0, minimum=-1, maximum=sampling.MAX_SEED,
                              label="Seed (−1 = random; completion k uses seed + k − 1)")
             completions = gr.Radio(list(range(1, MAX_COMPLETIONS + 1)), value=1,
                                    label="Completions side by side")
