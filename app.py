@@ -15,7 +15,8 @@ import logging
 
 import gradio as gr
 
-from inference.loading import DEVICES, DTYPES, Engine, Settings, parse_local_dirs
+from inference.engine import Engine
+from inference.settings import BACKENDS, DEVICES, DTYPES, Settings, parse_backends, parse_local_dirs
 from inference.registry import DEFAULT_KEYS
 from ui import benchmarks, chat, classification, generation
 from ui.theme import CSS, THEME
@@ -53,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fail instead of falling back to a stand-in (env TTL_STRICT=1)")
     p.add_argument("--device", choices=DEVICES, help="env TTL_DEVICE (default auto)")
     p.add_argument("--dtype", choices=list(DTYPES), help="env TTL_DTYPE (default auto)")
+    p.add_argument("--backend", metavar="BACKEND",
+                   help=f"what computes the models: {', '.join(BACKENDS)}, per model too: "
+                        "'local,ttl-460m=transformers' (env TTL_BACKEND; default auto: local "
+                        "on a CPU, transformers on a GPU)")
     p.add_argument("--local", action="append", default=[], metavar="KEY=DIR",
                    help="load a model from a local directory (repeatable; env TTL_LOCAL_DIRS)")
     p.add_argument("--4bit", dest="load_in_4bit", action="store_true", default=None,
@@ -65,9 +70,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     local = parse_local_dirs(",".join(args.local)) if args.local else None
+    backend, backends = parse_backends(args.backend) if args.backend else (None, None)
     settings = Settings.from_env(standin=args.standin, strict=args.strict, device=args.device,
-                                 dtype=args.dtype, local_dirs=local,
-                                 load_in_4bit=args.load_in_4bit)
+                                 dtype=args.dtype, local_dirs=local, backend=backend,
+                                 backends=backends, load_in_4bit=args.load_in_4bit)
     engine = Engine(settings)
     if settings.zero_gpu:
         # ZeroGPU Spaces load their models at start, outside the `spaces.GPU`

@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
-from .sampling import TOP_ALTERNATIVES, Drawn
+from .errors import EngineError
 from .loading import Loaded
+from .sampling import TOP_ALTERNATIVES, Drawn
 
 
 @dataclass(frozen=True)
@@ -46,26 +45,6 @@ def token_texts(tokenizer, ids: list[int], start: int) -> list[str]:
     return out
 
 
-def _scored(m: Loaded, ids: list[int], start: int) -> list[TokenInfo]:
-    """TokenInfo for ids[start:] under the plain softmax: one forward pass
-    over `ids` on the compute thread; only the small results leave it."""
-    def compute():
-        x = torch.tensor([ids], device=m.device)
-        logits = m.model(input_ids=x, attention_mask=torch.ones_like(x)).logits
-        probs = torch.softmax(logits[0, start - 1:-1].float().cpu(), -1)
-        chosen = probs[torch.arange(len(probs)), torch.tensor(ids[start:])]
-        return chosen.tolist(), *probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]), dim=-1)
-
-    chosen, top_p, top_i = m.run(compute)
-    texts = token_texts(m.tokenizer, ids, start)
-    out = []
-    for i, (text, tid) in enumerate(zip(texts, ids[start:])):
-        alts = tuple((m.tokenizer.decode([int(j)]), float(p))
-                     for p, j in zip(top_p[i], top_i[i]) if p > 0)
-        out.append(TokenInfo(text, tid, chosen[i], alts))
-    return out
-
-
 def explain(tokenizer, prompt_ids: list[int], drawn: list[Drawn]) -> list[TokenInfo]:
     """Each generated token (as `drawn` recorded it, after `prompt_ids`)
     with its probability and the top alternatives; see the module doc."""
@@ -86,9 +65,13 @@ def perplexity(m: Loaded, ids: list[int]) -> Perplexity:
     """Perplexity of `ids` (first token, e.g. <s>, given) under the model;
     a text longer than the context is scored on its first window."""
     if len(ids) < 2:
-        raise ValueError("The text needs at least one token to score.")
+        raise EngineError("The text needs at least one token to score.", title="Nothing to score")
     room = m.spec.max_input_tokens
     ids, dropped = ids[:room], max(len(ids) - room, 0)
-    tokens = _scored(m, ids, 1)
-    nll = -sum(math.log(t.prob) if t.prob > 0 else -math.inf for t in tokens) / len(tokens)
+    scored = m.backend.prompt_logprobs(m, [ids], top=TOP_ALTERNATIVES)[0]
+    texts = token_texts(m.tokenizer, ids, 1)
+    tokens = [TokenInfo(text, t.id, t.prob, tuple((m.tokenizer.decode([i]), math.exp(lp))
+                                                   for i, lp in t.top))
+              for text, t in zip(texts, scored)]
+    nll = -sum(t.logprob for t in scored) / len(scored)
     return Perplexity(math.exp(nll) if nll < 700 else math.inf, tokens, dropped)

@@ -105,11 +105,11 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
     else:
         from .decoder import decoder_for
         from .sampling import Sampling
-        from .loading import Engine, Settings
-        if REGISTRY[key].adapter_setting:
-            os.environ[REGISTRY[key].adapter_setting] = str(Path(path) / "adapter")
+        from .engine import Engine
+        from .settings import Settings
+        adapters = {key: str(Path(path) / "adapter")} if REGISTRY[key].adapter_setting else {}
         engine = Engine(Settings(device="cpu", strict=True, local_dirs={key: path},
-                                 fast=side.split(":")[1]))
+                                 adapters=adapters, fast=side.split(":")[1]))
         m = engine.load(key)
         model, tok = m.model, m.tokenizer
 
@@ -156,7 +156,8 @@ def _classifier_side(side: str, key: str, path: str, cfg: dict) -> dict:
         batched = lambda: pipe(texts, batch_size=len(texts), **kw)
     else:
         from .classification import classify
-        from .loading import Engine, Settings
+        from .engine import Engine
+        from .settings import Settings
         m = Engine(Settings(device="cpu", strict=True, local_dirs={key: path},
                             fast=side.split(":")[1])).load(key)
         single = lambda: [classify(m, [{"text": t}]) for t in texts]
@@ -187,7 +188,8 @@ def all_defaults_memory(paths: dict[str, str]) -> dict:
     from .classification import classify, score_pairs
     from .decoder import decoder_for
     from .sampling import Sampling
-    from .loading import Engine, Settings
+    from .engine import Engine
+    from .settings import Settings
     from .registry import SCORE
     torch.set_num_threads(fastpath.cores())
     engine = Engine(Settings(device="cpu", strict=True, local_dirs=paths))

@@ -334,6 +334,6 @@ _making = threading.Lock()
 def decoder_for(m: "Loaded") -> Decoder:
     """The model's decoder, made on first use and kept with the model."""
     with _making:
-        if "decoder" not in m.extras:
-            m.extras["decoder"] = Decoder(m)
-        return m.extras["decoder"]
+        if m.decoder is None:
+            m.decoder = Decoder(m)
+        return m.decoder

@@ -63,9 +63,9 @@ def has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def resolve(mode: str | None = None) -> str:
+def resolve(mode: str = "auto") -> str:
     """The road to take on this CPU: 'off', 'int8' or 'bf16'."""
-    mode = (mode or os.environ.get("TTL_FAST") or "auto").strip().lower()
+    mode = (mode or "auto").strip().lower()
     if mode not in MODES:
         raise ValueError(f"TTL_FAST must be one of {MODES}, got {mode!r}")
     if mode != "auto":
@@ -176,7 +176,7 @@ def fuse(model: nn.Module) -> None:
         layer.mlp = GateUp(layer.mlp)
 
 
-def apply(model: nn.Module, device: torch.device, mode: str | None = None) -> tuple[nn.Module, str]:
+def apply(model: nn.Module, device: torch.device, mode: str = "auto") -> tuple[nn.Module, str]:
     """The model as the fast path serves it, and the road taken ('off',
     'int8', 'bf16'). Only CPU models change."""
     if device.type != "cpu":

@@ -10,6 +10,7 @@ Aira's separator.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 
@@ -75,6 +76,62 @@ def _fmt(template: Callable[[Mapping[str, str]], list[str]], add_special_tokens=
 
 BOS, EOS, SEP = Special("bos_token"), Special("eos_token"), Special("sep_token")
 
+
+# -- chat formats: a conversation as parts ---------------------------------
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a model's conversation is written: each role's message as parts,
+    and the parts that ask for the answer."""
+    roles: Mapping[str, Callable[[str], list[str]]]
+    answer: tuple[str, ...] = ()
+    add_special_tokens: bool = False
+
+    def parts(self, messages: Sequence[Mapping[str, str]], answer: str = "") -> list[str]:
+        out = [p for m in messages if m["role"] in self.roles
+               for p in self.roles[m["role"]](m["content"])]
+        return out + [*self.answer[:-1], self.answer[-1] + answer] if self.answer else out + [answer]
+
+
+CHAT_FORMATS: dict[str, ChatFormat] = {
+    # Aira-2's card: bos + question + sep, the answer, eos (single-turn: it
+    # has no system message, and earlier turns are the same pattern).
+    "aira": ChatFormat({"user": lambda c: [BOS, c, SEP], "assistant": lambda c: [c, EOS]}),
+    # TinyLlama-1.1B-Chat's Zephyr template: a role tag, a newline, the
+    # content, eos and a newline; like apply_chat_template, no <s>.
+    "zephyr-chat": ChatFormat(
+        {r: (lambda r: lambda c: [f"<|{r}|>\n" + c, EOS, "\n"])(r)
+         for r in ("system", "user", "assistant")},
+        answer=("<|assistant|>\n",)),
+}
+
+
+def encode_chat(name: str, tokenizer, messages: Sequence[Mapping[str, str]], room: int,
+                answer: str = "") -> list[int]:
+    """The conversation `messages` (ending with the user's message) in the
+    model's chat format, asking for the answer: as many of the latest
+    earlier turns as fit in `room` tokens, oldest dropped first, the system
+    message always kept; a last message too long alone keeps its end."""
+    fmt = CHAT_FORMATS[name]
+    system = [m for m in messages if m["role"] == "system"][-1:]
+    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+
+    def encoded(start: int) -> list[int]:
+        return encode_parts(tokenizer, fmt.parts(system + turns[start:], answer),
+                            fmt.add_special_tokens)
+
+    ids = encoded(len(turns) - 1)
+    if len(ids) > room:   # the question alone is too long: keep its end
+        return ids[:1] + ids[len(ids) - room + 1:]
+    for start in range(len(turns) - 2, -1, -1):
+        if turns[start]["role"] != "user":
+            continue
+        longer = encoded(start)
+        if len(longer) > room:
+            break
+        ids = longer
+    return ids
+
+
 FORMATS: dict[str, Callable] = {
     # TeenyTinyLlama: the tokenizer adds <s>.
     "plain": _fmt(lambda f: [f["text"]]),
@@ -85,25 +142,24 @@ FORMATS: dict[str, Callable] = {
     # Assin2 fine-tune: bos + premise + bos + hypothesis + eos (the tokenizer
     # adds one more <s> in front).
     "premise-hypothesis": _fmt(lambda f: [BOS, f["premise"], BOS, f["hypothesis"], EOS]),
-    # Aira-2's card: bos + question + sep, add_special_tokens=False.
-    "aira": _fmt(lambda f: [BOS, f["text"], SEP], add_special_tokens=False),
-    # TinyLlama-1.1B-Chat's template with a system and a user message and the
-    # generation prompt; like apply_chat_template, no <s> is added.
-    "zephyr-chat": _fmt(lambda f: ["<|system|>\n" + f["system"], EOS,
-                                   "\n<|user|>\n" + f["text"], EOS,
-                                   "\n<|assistant|>\n" + f.get("answer", "")],
-                        add_special_tokens=False),
+    # The chat models: one user message (and a system message where the
+    # entry has one), in their chat format.
+    **{name: (lambda fmt: lambda tokenizer, f: encode_parts(
+        tokenizer, fmt.parts(([{"role": "system", "content": f["system"]}] if f.get("system") else [])
+                             + [{"role": "user", "content": f["text"]}], f.get("answer", "")),
+        fmt.add_special_tokens))(fmt) for name, fmt in CHAT_FORMATS.items()},
 }
 
 
-def encode_pair(tokenizer, first: str, second: str, max_length: int) -> dict:
+def encode_pair(tokenizer, first: str, second: str, max_length: int) -> dict[str, list[int]]:
     """A (question, answer) pair for the BERT scorers, both as plain text."""
     with _split_lock:
         try:
-            return tokenizer(first, second, split_special_tokens=True, truncation=True,
-                             max_length=max_length, return_tensors="pt")
+            enc = tokenizer(first, second, split_special_tokens=True, truncation=True,
+                            max_length=max_length)
         finally:
             tokenizer._tokenizer.encode_special_tokens = False
+    return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
 
 
 def encode(prompt_format: str, tokenizer, fields: Mapping[str, str]) -> list[int]:

@@ -13,7 +13,6 @@ import threading
 import time
 from typing import Iterator
 
-from .decoder import decoder_for
 from .loading import Loaded
 from .sampling import Drawn, Sampling
 # A page gets at most ~25 updates a second: one per token (hundreds a second
@@ -72,17 +71,15 @@ def stream(m: Loaded, ids: list[int], s: Sampling,
 def stream_tokens(m: Loaded, ids: list[int], s: Sampling, cancel: threading.Event | None = None,
                   ) -> Iterator[tuple[str, list[int], list[Drawn]]]:
     """As `stream`, with the new token ids so far and how each was drawn
-    (`decoder.Drawn`) alongside each text piece; the last item has all of
-    them (an end token included) and may carry no text. Pieces that arrive within UPDATE_EVERY_S of the last are joined.
-    The tokens come from the model's `Decoder` (decoder.py), which decodes
-    every concurrent request on the model in one batch."""
+    (`sampling.Drawn`) alongside each text piece; the last item has all of
+    them (an end token included) and may carry no text. Pieces that arrive
+    within UPDATE_EVERY_S of the last are joined. The tokens come from the
+    model's backend (backends.py)."""
     cancel = cancel or threading.Event()
-    request = decoder_for(m).submit(ids, s, cancel)
+    tokens = m.backend.stream(m, ids, s, cancel)
     text, held, last, drawn = Detokenizer(m.tokenizer), "", 0.0, []
     try:
-        while (token := m.worker.take(request.out)) is not None:
-            if isinstance(token, BaseException):
-                raise token
+        for token in tokens:
             drawn.append(token)
             held += text.add(token.id)
             if held and time.monotonic() - last >= UPDATE_EVERY_S:
@@ -91,9 +88,7 @@ def stream_tokens(m: Loaded, ids: list[int], s: Sampling, cancel: threading.Even
         yield held, list(text.ids), list(drawn)
     finally:
         cancel.set()
-        if m.worker.inline:
-            m.worker.pump()   # the turn that drops it: inline, nobody else runs one
-        request.released.wait(timeout=5)   # out of the batch before the caller goes on
+        tokens.close()   # out of the batch before the caller goes on
 
 
 def complete(m: Loaded, ids: list[int], s: Sampling) -> str:

@@ -1,28 +1,15 @@
-"""Measurements on the running machine: a causal model's perplexity on a
-text, and a generative model's decoding speed. The Benchmarks tab shows
-these apart from the published figures."""
+"""A measurement on the running machine: a generative model's decoding
+speed. The Benchmarks tab shows it apart from the published figures."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 
-from . import analysis, generation
+from . import formats, generation
 from .sampling import Sampling
 from .loading import Loaded
-
-
-def perplexity(m: Loaded, text: str) -> tuple[float, list[tuple[str, float]]]:
-    """exp(mean surprisal) of `text` under a causal LM, and each predicted
-    token with its surprisal in nats (-log p(token | the tokens before)).
-    The text is tokenized as the model was trained (TeenyTinyLlama's
-    tokenizer adds <s>, so the first word is scored too); the scoring itself
-    is the generation tab's (analysis.perplexity)."""
-    p = analysis.perplexity(m, m.tokenizer(text)["input_ids"])
-    tokens = m.tokenizer.convert_ids_to_tokens([t.id for t in p.tokens])
-    return p.value, [(tok, t.surprise_bits * math.log(2)) for tok, t in zip(tokens, p.tokens)]
 
 
 @dataclass(frozen=True)
@@ -36,19 +23,18 @@ class Speed:
 
 
 def decoding_speed(m: Loaded, prompt: str, new_tokens: int = 32) -> Speed:
-    """Greedy decoding of up to `new_tokens` after `prompt` through the app's
-    own streaming path (generation.stream). Timed from the first token, so
-    the prompt's prefill is not counted; tokens are counted by re-tokenizing
-    the text, as the generation tab does."""
-    ids = m.tokenizer(prompt)["input_ids"]
+    """Greedy decoding of up to `new_tokens` after `prompt` (in the model's
+    own prompt format: Aira's instruction tokens for Aira) through the app's
+    own streaming path. Timed from the first token, so the prompt's prefill
+    is not counted; tokens are counted from the generated ids."""
+    ids = formats.encode(m.spec.prompt_format, m.tokenizer,
+                         {"system": m.spec.system_prompt, "text": prompt})
     ids, _ = generation.fit_context(ids, m.spec.max_input_tokens, new_tokens, keep_first=1)
-    s = Sampling(do_sample=False, max_new_tokens=new_tokens,
-                            repetition_penalty=1.0).checked()
+    s = Sampling(do_sample=False, max_new_tokens=new_tokens, repetition_penalty=1.0).checked()
     first = last = None
-    text = ""
-    for piece in generation.stream(m, ids, s):
+    count = 0
+    for _, new, _ in generation.stream_tokens(m, ids, s):
         last = time.perf_counter()
         first = first or last
-        text += piece
-    count = len(m.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        count = len(new)
     return Speed(new_tokens=count, seconds=(last - first) if first else 0.0)

@@ -35,6 +35,11 @@ class ModelSpec:
     defaults: Mapping[str, float | int | bool] = field(default_factory=dict)
     adapter_setting: str | None = None    # env var naming a PEFT adapter id/dir
     card_url: str = ""
+    system_prompt: str = ""               # sent with every request (label scoring)
+    # Best-of-n for a chat model: the registry keys of the scorer that ranks
+    # its candidates and of the guardrail that drops toxic ones.
+    reward_model: str | None = None
+    guard_model: str | None = None
 
     @property
     def is_generative(self) -> bool:
@@ -103,6 +108,7 @@ def _specs() -> list[ModelSpec]:
             hub_id="nicholasKluge/Aira-2-portuguese-124M", task=CHAT,
             model_class="GPT2LMHeadModel", shape="aira-124m",
             prompt_format="aira", max_input_tokens=1024, defaults=AIRA_DEFAULTS,
+            reward_model="reward-pt", guard_model="toxiguard-pt",
             card_url=hub + "nicholasKluge/Aira-2-portuguese-124M"),
         # Aira's authors' demo reranks candidates with these two scorers: one
         # logit each, scoring a (question, answer) pair.
@@ -126,6 +132,7 @@ def _specs() -> list[ModelSpec]:
             model_class="LlamaForCausalLM", shape="tinyllama-1.1b",
             prompt_format="zephyr-chat", labels=("negative", "neutral", "positive"),
             max_input_tokens=2048, adapter_setting="TTL_TWEET_ADAPTER",
+            system_prompt=TWEET_SYSTEM_PROMPT,
             defaults=_frozen(dict(max_new_tokens=8, do_sample=False)),
             card_url=hub + "TinyLlama/TinyLlama-1.1B-Chat-v1.0"),
     ]

@@ -108,17 +108,46 @@ class Drawn:
     top: tuple[tuple[int, float], ...]
 
 
+def distribution(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """The distribution a token is drawn from, over the whole vocabulary,
+    given logits the repetition penalty has already been applied to."""
+    if not s.do_sample:
+        return torch.softmax(logits.float(), -1)
+    ids, probs = candidates(logits, s)
+    return torch.zeros(logits.shape[-1]).scatter_(0, ids, probs)
+
+
+def drawn_from(probs: torch.Tensor, token: int) -> Drawn:
+    """`token` as drawn from the distribution `probs` (over the vocabulary)."""
+    top_p, top_i = probs.topk(min(TOP_ALTERNATIVES, probs.shape[-1]))
+    return Drawn(token, float(probs[token]),
+                 tuple((int(i), float(p)) for i, p in zip(top_i, top_p) if p > 0))
+
+
 def draw(logits: torch.Tensor, seen: torch.Tensor, s: Sampling,
          generator: torch.Generator) -> Drawn:
     """The next token of one row: greedy, or drawn with the row's own
     generator, so that no request's draws depend on another's."""
     logits = penalised(logits, seen, s.repetition_penalty)
-    if s.do_sample:
-        ids, probs = candidates(logits, s)
-        pick = int(torch.multinomial(probs, 1, generator=generator))
-    else:
-        probs, ids = torch.softmax(logits.float(), -1).topk(TOP_ALTERNATIVES)
-        pick = 0   # the argmax
+    if not s.do_sample:
+        probs = torch.softmax(logits.float(), -1)
+        return drawn_from(probs, int(probs.argmax()))
+    ids, probs = candidates(logits, s)   # the top-k, most likely first
+    pick = int(torch.multinomial(probs, 1, generator=generator))
     top = tuple((int(i), float(p)) for i, p in zip(ids[:TOP_ALTERNATIVES], probs[:TOP_ALTERNATIVES])
                 if p > 0)
     return Drawn(int(ids[pick]), float(probs[pick]), top)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A token of a given text under the plain softmax: its log-probability
+    and the most likely tokens at its position (for perplexity, label
+    scoring; what vLLM calls prompt logprobs)."""
+    id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]   # (id, logprob), most likely first
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)

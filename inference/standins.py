@@ -275,14 +275,17 @@ def _build_adapter(model, out: Path, seed: int) -> None:
     peft_model.unload()   # leave the base model as it was
 
 
-def default_dir(full_size: bool = False) -> Path:
-    root = os.environ.get("TTL_STANDIN_DIR") or Path.home() / ".cache" / "ttl-playground" / "standins"
-    return Path(root) / f"{VERSION}-{'full' if full_size else 'tiny'}"
+def default_dir(full_size: bool = False, root: str | Path | None = None) -> Path:
+    """Where stand-ins live: `root` (TTL_STANDIN_DIR) as it is, else the user's cache."""
+    if root:
+        return Path(root)
+    cache = Path.home() / ".cache" / "ttl-playground" / "standins"
+    return cache / f"{VERSION}-{'full' if full_size else 'tiny'}"
 
 
 def ensure(key: str, full_size: bool = False, root: Path | None = None) -> Path:
     """The directory of `key`'s stand-in, building it on first use."""
-    out = Path(root or default_dir(full_size)) / key
+    out = default_dir(full_size, root) / key
     if not (out / "config.json").exists():
         build(REGISTRY[key], out, full_size=full_size)
     return out
@@ -294,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full-size", action="store_true", help="the real shapes, for benchmarks")
     p.add_argument("--only", nargs="*", choices=list(REGISTRY), help="registry keys to build")
     args = p.parse_args(argv)
-    root = args.dir or default_dir(args.full_size)
+    from .settings import Settings
+    root = default_dir(args.full_size, args.dir or Settings.from_env().standin_dir)
     for key in args.only or REGISTRY:
         print(ensure(key, args.full_size, root))
 

@@ -53,7 +53,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     import app
-    from inference.loading import Engine, Settings
+    from inference.engine import Engine
+from inference.settings import Settings
     from playwright.sync_api import sync_playwright
     from tests.conftest import free_port
 

@@ -16,7 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 STANDIN_DIR = Path(os.environ.setdefault(
     "TTL_STANDIN_DIR", str(Path.home() / ".cache" / "ttl-playground" / "test-standins")))
 
-from inference.loading import Engine, Settings  # noqa: E402
+from inference.engine import Engine  # noqa: E402
+from inference.settings import Settings  # noqa: E402
 
 
 def pytest_sessionstart(session):

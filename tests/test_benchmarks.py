@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 import torch
 
-from inference import measure
+from inference import api, measure
 from ui import benchmarks
 
 ASSETS = benchmarks.TABLES
@@ -168,20 +168,22 @@ def test_download_is_the_stored_csv():
 
 
 # -- measured here -------------------------------------------------------------------
-def test_perplexity_is_exp_of_the_mean_surprisal_from_the_logits(ttl):
+def test_perplexity_is_exp_of_the_mean_surprisal_from_the_logits(engine, ttl):
     text = "A lhama é um animal da América do Sul."
-    ppl, scored = measure.perplexity(ttl, text)
+    p = api.perplexity(engine, "ttl-160m", text).perplexity
     ids = ttl.tokenizer(text)["input_ids"]
-    assert ids[0] == 1 and [t for t, _ in scored] == ttl.tokenizer.convert_ids_to_tokens(ids[1:])
+    assert ids[0] == 1 and [t.id for t in p.tokens] == ids[1:]
+    assert "".join(t.text for t in p.tokens) == text   # tokens as they read, not raw pieces
     with torch.no_grad():
         loss = ttl.model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss
-    assert math.isclose(ppl, math.exp(loss.item()), rel_tol=1e-4)
-    assert all(s >= 0 for _, s in scored)
+    assert math.isclose(p.value, math.exp(loss.item()), rel_tol=1e-4)
+    assert all(t.surprise_bits >= 0 for t in p.tokens)
 
 
-def test_decoding_speed_counts_new_tokens(ttl):
-    speed = measure.decoding_speed(ttl, "A lhama", new_tokens=8)
-    assert 0 < speed.new_tokens <= 12 and speed.tokens_per_second >= 0
+@pytest.mark.parametrize("key", ["ttl-160m", "aira-2-124m"])
+def test_decoding_speed_counts_new_tokens_in_the_models_own_format(engine, key):
+    speed = measure.decoding_speed(engine.load(key), "A lhama", new_tokens=8)
+    assert 0 < speed.new_tokens <= 8 and speed.tokens_per_second >= 0
 
 
 def test_measure_here_reports_apart_from_published(engine):

@@ -7,17 +7,25 @@ from pathlib import Path
 import pytest
 from gradio_client.exceptions import AppError
 
-from inference import bestofn, chat, classification, decoder, standins
+from inference import bestofn, classification, decoder, formats, generation, standins
 from inference.sampling import Sampling
-from inference.loading import Engine, Settings
+from inference.engine import Engine
+from inference.settings import Settings
 from ui import chat as chat_tab
 
 BOS, EOS, SEP = 50257, 50258, 50259
 
 
+def aira_prompt(tok, question, turns=(), room=1024 - 200):
+    """Aira's prompt for `question` after (question, answer) `turns`."""
+    messages = [m for q, a in turns for m in ({"role": "user", "content": q},
+                                              {"role": "assistant", "content": a})]
+    return formats.encode_chat("aira", tok, messages + [{"role": "user", "content": question}], room)
+
+
 def test_prompt_with_history_is_the_training_format_exactly(aira):
     tok = aira.tokenizer
-    ids = chat.format_prompt(tok, "E o Chile?", [("Capital do Brasil?", "Brasília.")])
+    ids = aira_prompt(tok, "E o Chile?", [("Capital do Brasil?", "Brasília.")])
     text = (tok.bos_token + "Capital do Brasil?" + tok.sep_token + "Brasília." + tok.eos_token
             + tok.bos_token + "E o Chile?" + tok.sep_token)
     assert ids == tok(text, add_special_tokens=False)["input_ids"]
@@ -27,7 +35,7 @@ def test_prompt_with_history_is_the_training_format_exactly(aira):
 def test_special_tokens_typed_in_history_stay_plain_text(aira):
     tok = aira.tokenizer
     typed = "<|endofcompletion|><|startofinstruction|> ok <|endofinstruction|>"
-    ids = chat.format_prompt(tok, typed, [(typed, typed)])
+    ids = aira_prompt(tok, typed, [(typed, typed)])
     assert [i for i in ids if i >= BOS] == [BOS, SEP, EOS, BOS, SEP]
     assert tok.decode(ids).count("<|endofinstruction|>") == 3 + 2   # 3 typed, 2 real
 
@@ -39,13 +47,15 @@ def test_chatbot_history_reaches_the_prompt():
                {"role": "assistant", "content": [{"type": "text", "text": "Olá!"}]},
                {"role": "user", "content": "Tudo bem?"}, {"role": "assistant", "content": "Sim."},
                {"role": "system", "content": "x"}, "junk", {"role": "user", "content": 3}]
-    assert chat_tab._pairs(history) == [("Oi", "Olá!"), ("Tudo bem?", "Sim.")]
+    assert chat_tab._messages(history) == [
+        {"role": "user", "content": "Oi"}, {"role": "assistant", "content": "Olá!"},
+        {"role": "user", "content": "Tudo bem?"}, {"role": "assistant", "content": "Sim."}]
 
 
 def test_long_question_and_history_fit_the_context(aira):
     tok = aira.tokenizer
     history = [("lhama " * 300, "alpaca " * 300)] * 3
-    ids = chat.format_prompt(tok, "vicunha " * 2000, history, context=1024, max_new_tokens=512)
+    ids = aira_prompt(tok, "vicunha " * 2000, history, room=1024 - 512)
     assert len(ids) + 512 <= 1024
     assert ids[0] == BOS and ids[-1] == SEP and EOS not in ids   # no history turn fits
 
@@ -67,7 +77,7 @@ def test_answer_ends_at_endofcompletion(aira, monkeypatch):
 
     monkeypatch.setitem(decoder.FORWARDS, "gpt2", force)
     s = Sampling(do_sample=False, repetition_penalty=1.0, max_new_tokens=50)
-    text = "".join(chat.answer(aira, "Oi", s))
+    text = "".join(generation.stream(aira, aira_prompt(aira.tokenizer, "Oi"), s))
     assert len(calls) == 4
     assert text == aira.tokenizer.decode([word] * 3) and "<|" not in text
 
@@ -107,10 +117,12 @@ def test_best_of_n_with_the_scorer_standins(engine, monkeypatch):
     toxicity = [classification.score_pairs(guard, [(q, t)])[0] for t in texts]
     assert [c.reward for c in cands] == pytest.approx(rewards, abs=1e-5)
     assert [c.toxicity for c in cands] == pytest.approx(toxicity, abs=1e-5)
-    threshold = sorted(toxicity)[len(toxicity) // 2]
+    # the pick, on the scores as computed (one padded batch per scorer)
+    threshold = sorted(c.toxicity for c in cands)[len(cands) // 2]
     monkeypatch.setattr(bestofn, "TOXICITY_THRESHOLD", threshold)
     best = bestofn.pick(cands)
-    assert best is not None and best == _direct_choice(rewards, toxicity, threshold)
+    assert best is not None and best == _direct_choice(
+        [c.reward for c in cands], [c.toxicity for c in cands], threshold)
 
 
 def _run(engine, message, **kw):

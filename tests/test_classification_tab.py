@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from inference import classification, fastpath, sampling, standins
+from inference import api, classification, fastpath, sampling, standins
 from inference.batching import MicroBatcher
 from inference.registry import REGISTRY
 from ui import classification as tab
@@ -63,7 +63,7 @@ def test_each_task_encodes_as_its_card(ttl, key):
     m = dataclasses.replace(ttl, spec=REGISTRY[key])
     fields, card = CARD_STRINGS[key]
     tok = m.tokenizer
-    ids = classification.encode_inputs(m, fields)
+    ids = classification.encode_inputs(m, fields)["input_ids"]
     assert ids == tok(card(tok, fields))["input_ids"]
     assert ids[0] == tok.bos_token_id
     if key.endswith("assin2"):   # the tokenizer's <s>, then the card's own
@@ -115,14 +115,14 @@ def test_the_adapter_changes_the_scores(engine, tweet):
     assert all(abs(again[l] - with_adapter[l]) < 1e-3 for l in again)
 
 
-def test_free_generation_answer_is_the_greedy_continuation_of_the_chat_prompt(tweet):
+def test_free_generation_answer_is_the_greedy_continuation_of_the_chat_prompt(engine, tweet):
     from inference import formats, generation
     from inference.registry import TWEET_SYSTEM_PROMPT
     ids = formats.encode("zephyr-chat", tweet.tokenizer,
                          {"system": TWEET_SYSTEM_PROMPT, "text": "Great game tonight!"})
     s = sampling.Sampling(do_sample=False, max_new_tokens=8, repetition_penalty=1.0)
     expected = generation.complete(tweet, ids, s).strip()
-    assert expected and classification.free_answer(tweet, "Great game tonight!") == expected
+    assert expected and api.free_answer(engine, "tinyllama-tweet", "Great game tonight!") == expected
 
 
 def test_a_batch_with_bad_rows_completes(engine, tmp_path):

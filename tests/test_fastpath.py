@@ -12,7 +12,8 @@ import torch
 from inference import fastpath
 from inference.generation import complete
 from inference.sampling import Sampling
-from inference.loading import Engine, Settings
+from inference.engine import Engine
+from inference.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,9 @@ from gradio_client.exceptions import AppError
 
 from inference import decoder, faults, formats, generation, standins
 from inference.sampling import Sampling
-from inference.loading import Engine, ModelUnavailable, Settings
+from inference.engine import Engine
+from inference.errors import ModelUnavailable
+from inference.settings import Settings
 from ui import common
 
 from conftest import STANDIN_DIR, free_port, wait_until, working, workers_stopped
@@ -125,7 +127,7 @@ def failing_download(monkeypatch):
 
 def test_failed_download_falls_back_and_says_why(failing_download):
     e = Engine(Settings(standin_dir=str(STANDIN_DIR)))
-    e._hub_ok = True   # the hub is up; no probe
+    e.fallback._hub_ok = (True, time.monotonic())   # the hub is up; no probe
     m = e.load("ttl-160m-imdb")
     assert failing_download[0] == "nicholasKluge/TeenyTinyLlama-160m-IMDB"
     assert m.is_standin and "Connection reset by peer" in m.notice
@@ -135,7 +137,7 @@ def test_failed_download_falls_back_and_says_why(failing_download):
 def test_failed_download_in_strict_mode_is_a_message_in_the_tab(failing_download):
     from ui import classification as tab
     e = Engine(Settings(strict=True))
-    e._hub_ok = True
+    e.fallback._hub_ok = (True, time.monotonic())
     with pytest.raises(gr.Error, match="could not be loaded: Connection reset by peer"):
         tab.classify(e, "Que filme bom!", "ttl-160m-imdb", "")
     assert not e.loaded()

@@ -1,13 +1,13 @@
 """Prompt formats: token ids exactly as the cards build them; typed special
 tokens stay plain text."""
 
-from inference import chat, formats
+from inference import formats
 from inference.registry import TWEET_SYSTEM_PROMPT
 
 
 def test_aira_prompt_is_bos_question_sep(aira):
     tok = aira.tokenizer
-    ids = chat.format_prompt(tok, "Qual a capital do Brasil?")
+    ids = formats.encode("aira", tok, {"text": "Qual a capital do Brasil?"})
     card = tok(tok.bos_token + "Qual a capital do Brasil?" + tok.sep_token,
                add_special_tokens=False)["input_ids"]
     assert ids == card
@@ -16,7 +16,7 @@ def test_aira_prompt_is_bos_question_sep(aira):
 
 def test_typed_special_token_stays_plain_text(aira):
     tok = aira.tokenizer
-    ids = chat.format_prompt(tok, "oi <|endofinstruction|> <|endofcompletion|> tchau")
+    ids = formats.encode("aira", tok, {"text": "oi <|endofinstruction|> <|endofcompletion|> tchau"})
     specials = {50257, 50258, 50259, 50260, 0}
     assert [i for i in ids if i in specials] == [50257, 50259]
     assert "<|endofinstruction|>" in tok.decode(ids[1:-1])
@@ -40,8 +40,10 @@ def test_zephyr_format_matches_the_chat_template(engine):
 
 def test_history_is_trimmed_from_the_oldest_turn(aira):
     tok = aira.tokenizer
-    history = [(f"pergunta {i} " * 40, f"resposta {i} " * 40) for i in range(30)]
-    ids = chat.format_prompt(tok, "E agora?", history, context=1024, max_new_tokens=200)
+    history = [m for i in range(30) for m in ({"role": "user", "content": f"pergunta {i} " * 40},
+                                               {"role": "assistant", "content": f"resposta {i} " * 40})]
+    ids = formats.encode_chat("aira", tok, history + [{"role": "user", "content": "E agora?"}],
+                              1024 - 200)
     assert len(ids) <= 1024 - 200
     text = tok.decode(ids)
     assert "pergunta 29" in text and "pergunta 0 " not in text

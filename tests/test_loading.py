@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from inference import standins
-from inference.loading import Engine, ModelUnavailable, Settings, parse_local_dirs
+from inference.engine import Engine
+from inference.errors import ModelUnavailable
+from inference.settings import Settings, parse_local_dirs
 
 
 def test_standin_has_the_published_config_fields(ttl):

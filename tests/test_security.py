@@ -9,7 +9,9 @@ import gradio as gr
 import pytest
 import transformers
 
-from inference.loading import Engine, ModelUnavailable, Settings
+from inference.engine import Engine
+from inference.errors import ModelUnavailable
+from inference.settings import Settings
 from inference.registry import REGISTRY
 
 from conftest import STANDIN_DIR
@@ -47,8 +49,7 @@ def recorded(monkeypatch):
 
 
 def test_every_registry_model_loads_without_remote_code(recorded, monkeypatch):
-    monkeypatch.setenv("TTL_TWEET_ADAPTER", "some/adapter")
-    e = Engine(Settings(strict=True))
+    e = Engine(Settings.from_env({"TTL_TWEET_ADAPTER": "some/adapter"}, strict=True))
     for key in REGISTRY:
         with pytest.raises(ModelUnavailable):
             e.load(key)

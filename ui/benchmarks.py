@@ -19,7 +19,8 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from inference import measure
+from inference import api
+from inference.registry import GENERATE, REGISTRY, by_task
 
 from . import common
 
@@ -29,7 +30,7 @@ COMPARISONS = [(t["title"], name) for name, t in META.items() if t["key"] == "mo
 ALL = "All metrics (grouped)"
 ORDERS = ("As published", "Best first", "Worst first")
 SECOND_AXIS = ("Energy (kWh)", "Emissions (kg CO2eq)", "None")
-PPL_MODELS = [("TeenyTinyLlama-160m", "ttl-160m"), ("TeenyTinyLlama-460m", "ttl-460m")]
+PPL_MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
 OWN_COLOUR, OTHER_COLOUR = "#d9480f", "#adb5bd"
 LAYOUT = dict(template="plotly_white", height=440, margin=dict(l=60, r=30, t=60, b=60),
               font=dict(size=14))
@@ -236,37 +237,30 @@ def pick_metric(name, metric, order):
     return bars_figure(name, metric, order), as_published(name).loc[rows]
 
 
+@common.engine_errors
 def measure_here(engine, text, model_key="ttl-160m", progress=gr.Progress()):
     """Perplexity of the chosen TeenyTinyLlama on `text`, and the decoding
     speed of every generative model loaded in this app, measured now."""
-    text = common.check_text(text)
     if model_key not in dict((v, k) for k, v in PPL_MODELS):
         raise gr.Error(f"Perplexity is measured with {' or '.join(k for _, k in PPL_MODELS)}, "
                        f"not {model_key!r}.")
-    m = common.load(engine, model_key, progress=progress)
-    try:
-        ppl, scored = measure.perplexity(m, text)
-    except ValueError as exc:
-        raise common.error_message(exc) from None
-    rows = []
-    for loaded in engine.loaded():
-        if not loaded.spec.is_generative:
-            continue
-        progress(None, desc=f"Timing {loaded.spec.title}…")
-        speed = measure.decoding_speed(loaded, text[:500])
-        rows.append([loaded.spec.title, loaded.revision, loaded.label, speed.new_tokens,
-                     f"{speed.seconds:.2f}", f"{speed.tokens_per_second:.1f}"])
+    scored = api.perplexity(engine, model_key, text, status=common.status(progress))
+    p, spec = scored.perplexity, REGISTRY[model_key]
+    rows = [[title, revision, label, speed.new_tokens, f"{speed.seconds:.2f}",
+             f"{speed.tokens_per_second:.1f}"]
+            for title, revision, label, speed in api.decoding_speeds(
+                engine, text, status=common.status(progress))]
     whose = "a **stand-in** (tiny random weights: these numbers say nothing about the real model)" \
-        if m.is_standin else f"`{m.spec.hub_id}` @ {m.revision}"
-    cut = " (cut to the context window)" if len(scored) + 1 >= m.spec.max_input_tokens else ""
-    summary = (f"### Measured here, now: perplexity **{ppl:.2f}**\n"
-               f"{m.spec.title} on this machine ({m.label}), {whose}, over {len(scored)} "
+        if scored.is_standin else f"`{spec.hub_id}` @ {scored.revision}"
+    cut = " (cut to the context window)" if p.dropped else ""
+    summary = (f"### Measured here, now: perplexity **{p.value:.2f}**\n"
+               f"{spec.title} on this machine ({scored.label}), {whose}, over {len(p.tokens)} "
                f"tokens of your text{cut}. Not comparable to the published perplexities, "
                "which were measured on the authors' held-out corpus.")
     speeds = pd.DataFrame(rows, columns=["model", "revision", "device", "new tokens",
                                          "seconds", "tokens/s"])
-    surprisal = pd.DataFrame([[tok, f"{s:.2f}"] for tok, s in scored],
-                             columns=["token", "surprisal (nats)"])
+    surprisal = pd.DataFrame([[t.text, f"{t.surprise_bits:.2f}"] for t in p.tokens],
+                             columns=["token", "surprisal (bits)"])
     return summary, speeds, surprisal
 
 

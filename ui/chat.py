@@ -3,27 +3,24 @@ with its authors' reward and toxicity models."""
 
 from __future__ import annotations
 
+import contextlib
 
 import gradio as gr
 
-from inference import bestofn, chat, sampling
-from inference.loading import ModelUnavailable
-from inference.registry import REGISTRY
+from inference import api
+from inference.registry import CHAT, REGISTRY, by_task
 
 from . import common
 
-KEY, REWARD, GUARD = "aira-2-124m", "reward-pt", "toxiguard-pt"
+KEY = by_task(CHAT)[0].key   # the registry's chat model
 # The Aira-2-portuguese-124M card's widget questions.
 EXAMPLES = [
     "Você pode me explicar o que é Aprendizagem de Máquina?",
     "Você sabe alguma coisa sobre Ética das Virtudes?",
     "Como eu posso fazer a minha namorada feliz?",
 ]
-COLUMNS = ["#", "Answer", "Reward", f"Toxicity score (kept if ≥ {bestofn.TOXICITY_THRESHOLD:g})",
-           "Chosen"]
-# What is lost when a scorer is missing: chat goes on without it.
-WITHOUT = {REWARD: "candidates are not ranked (the first one not flagged is shown)",
-           GUARD: "candidates are not checked for toxicity"}
+COLUMNS = ["#", "Answer", "Reward",
+           f"Toxicity score (kept if ≥ {api.TOXICITY_THRESHOLD:g})", "Chosen"]
 
 
 def _text(content) -> str | None:
@@ -51,32 +48,7 @@ def _messages(history) -> list[dict]:
     return out
 
 
-def _pairs(history) -> list[chat.Turn]:
-    """Messages to (question, answer) turns."""
-    turns, question = [], None
-    for msg in _messages(history):
-        if msg["role"] == "user":
-            question = msg["content"]
-        elif question is not None:
-            turns.append((question, msg["content"]))
-            question = None
-    return turns
-
-
-def _scorer(engine, key: str, notes: list[str]):
-    """A scorer, or None with a note saying what chat does without it."""
-    try:
-        m = engine.load(key)
-    except (ModelUnavailable, KeyError) as exc:
-        notes.append(f"⚠️ {str(exc).strip(chr(39) + chr(34))} Chat goes on without it: "
-                     f"{WITHOUT[key]}.")
-        return None
-    if m.notice:
-        notes.append(m.notice)
-    return m
-
-
-def _table(cands: list[bestofn.Candidate], best: int | None) -> list[list]:
+def _table(cands, best: int | None) -> list[list]:
     return [[i + 1, c.text, c.reward, c.toxicity, "✓" if i == best else ""]
             for i, c in enumerate(cands)]
 
@@ -88,49 +60,41 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
     """Stream Aira's answer to `message`; yields (chat history, banner,
     candidates table). With n > 1 each candidate streams in turn, then the
     best one replaces them."""
-    message = common.check_text(message, "question")
-    n = common.check_count(n, bestofn.MAX_CANDIDATES, "The number of candidates")
-    m = common.load(engine, KEY, progress=progress)
-    try:
-        s = sampling.Sampling.from_defaults(
-            m.spec.defaults, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, seed=seed)
-    except ValueError as exc:
-        raise common.error_message(exc) from None
     history = _messages(history)
-    turns = _pairs(history) if use_history else []
-    shown = history + [{"role": "user", "content": message},
-                       {"role": "assistant", "content": ""}]
-    notes = [m.notice] if m.notice else []
+    earlier = history if use_history else []
+    events = api.chat(engine, KEY, earlier + [{"role": "user", "content": message}], n=n,
+                      status=common.status(progress), temperature=temperature, top_k=top_k,
+                      top_p=top_p, repetition_penalty=repetition_penalty,
+                      max_new_tokens=max_new_tokens, seed=seed)
+    with contextlib.closing(events):
+        started = next(events)
+        shown = history + [{"role": "user", "content": message},
+                           {"role": "assistant", "content": ""}]
+        notes = [started.notice] if started.notice else []
 
-    def banner():   # the stand-in and missing-scorer notices gathered so far
-        return gr.Markdown("\n\n".join(notes), visible=bool(notes))
+        def banner():   # the stand-in and missing-scorer notices gathered so far
+            return gr.Markdown("\n\n".join(notes), visible=bool(notes))
 
-    texts = []
-    for i, si in enumerate(bestofn.samplings(s, n)):
-        head = f"*Candidate {i + 1} of {n}…*\n\n" if n > 1 else ""
-        text = ""
-        for piece in chat.answer(m, message, si, turns):
-            text += piece
-            shown[-1]["content"] = head + text
+        texts = [""] * len(started.samplings)
+        for event in events:
+            if isinstance(event, api.Answer):
+                break
+            texts[event.index] += event.text
+            head = f"*Candidate {event.index + 1} of {n}…*\n\n" if len(texts) > 1 else ""
+            shown[-1]["content"] = head + texts[event.index]
             yield shown, banner(), []
-        texts.append(text.strip())
-    if n == 1:
-        cands, best = [bestofn.Candidate(texts[0])], 0
-    else:
-        if progress is not None:
-            progress(None, desc="Scoring the candidates")
-        reward, guard = _scorer(engine, REWARD, notes), _scorer(engine, GUARD, notes)
-        cands = bestofn.score(message, texts, reward, guard)
-        best = bestofn.pick(cands)
-    if best is None:
-        shown[-1]["content"] = (f"All {n} candidates scored below {bestofn.TOXICITY_THRESHOLD:g} "
-                                "on ToxiGuardrailPT (flagged as toxic), so none is given as the "
-                                "answer. They are listed under “All candidates”.")
+    answer = event
+    notes += answer.notes
+    if answer.best is None:
+        shown[-1]["content"] = (f"All {len(texts)} candidates scored below "
+                                f"{api.TOXICITY_THRESHOLD:g} on ToxiGuardrailPT (flagged as toxic), "
+                                "so none is given as the answer. They are listed under "
+                                "“All candidates”.")
     else:
         # An empty answer (the model ended at once) is said rather than shown blank.
-        shown[-1]["content"] = cands[best].text or "…"
-    yield shown, banner(), _table(cands, best) if n > 1 else []
+        shown[-1]["content"] = answer.text or "…"
+    many = len(answer.candidates) > 1
+    yield shown, banner(), _table(answer.candidates, answer.best) if many else []
 
 
 def regenerate(engine, history, use_history, temperature, top_k, top_p, repetition_penalty,
@@ -183,11 +147,11 @@ def build(engine) -> None:
                                      elem_id="chat-candidates")
         with gr.Column(scale=2):
             use_history = gr.Checkbox(False, label="Send earlier turns too (Aira is single-turn)")
-            n = gr.Slider(1, bestofn.MAX_CANDIDATES, 1, step=1, label="Candidates (best-of-n)",
+            n = gr.Slider(1, api.MAX_CANDIDATES, 1, step=1, label="Candidates (best-of-n)",
                           info="More than 1: each is scored by RewardModelPT, those "
                                "ToxiGuardrailPT scores below 5 are dropped, the best is shown.")
             temperature, top_k, top_p, rep, max_new = common.sampling_controls(d, 512)
-            seed = gr.Number(-1, precision=0, minimum=-1, maximum=sampling.MAX_SEED,
+            seed = gr.Number(-1, precision=0, minimum=-1, maximum=api.MAX_SEED,
                              label="Seed (−1 = random)")
 
     settings = [use_history, temperature, top_k, top_p, rep, max_new, seed, n]

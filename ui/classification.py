@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from inference import classification
+from inference import api
 from inference.registry import CLASSIFY, LABEL_SCORE, REGISTRY, by_task
 
 from . import common
@@ -34,7 +34,7 @@ FIELD_LABELS = {"text": "Text", "title": "Title", "question": "Question",
                 "answer": "Answer", "premise": "Premise", "hypothesis": "Hypothesis"}
 
 MAX_UPLOAD_BYTES = 1_000_000   # ~1 MB of CSV: a demo batch, not a dataset
-MAX_BATCH_ROWS = 1000
+MAX_BATCH_ROWS = api.MAX_BATCH_ROWS
 UPLOAD_TYPES = (".csv", ".txt")
 
 
@@ -43,23 +43,18 @@ def classify(engine, text, model_key="ttl-160m-imdb", second_text="",
              progress=gr.Progress(track_tqdm=True)):
     """Label probabilities for `text` (and `second_text` for the pair tasks:
     AgNews title/text, FaQuAD-NLI question/answer, Assin2 premise/hypothesis)."""
-    fields = common.check_key(model_key, CLASSIFY, LABEL_SCORE).inputs
-    values = [common.check_text(text, FIELD_LABELS[fields[0]].lower())]
-    if len(fields) > 1:
-        values.append(common.check_text(second_text, FIELD_LABELS[fields[1]].lower()))
-    m = common.load(engine, model_key, progress=progress)
-    probs = classification.classify_one(m, dict(zip(fields, values)))
-    return probs, common.notice(m)
+    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
+    labels = api.classify(engine, model_key, dict(zip(spec.inputs, (text, second_text))),
+                          status=common.status(progress))
+    return labels.probs, common.notice(labels.notice)
 
 
 @common.engine_errors
 def free_answer(engine, text, model_key):
     """The tweet model's own words for the same prompt (greedy, a few tokens)."""
-    if model_key != "tinyllama-tweet":
+    if model_key not in REGISTRY or REGISTRY[model_key].task != LABEL_SCORE:
         return gr.Textbox(visible=False)
-    m = common.load(engine, model_key)
-    return gr.Textbox(classification.free_answer(m, common.check_text(text, "tweet")),
-                      visible=True)
+    return gr.Textbox(api.free_answer(engine, model_key, text), visible=True)
 
 
 def read_rows(spec, file, lines) -> list[dict]:
@@ -104,11 +99,12 @@ def read_rows(spec, file, lines) -> list[dict]:
 def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
     """A table with label and probabilities per row (or why the row was
     skipped), the label distribution, and the table as CSV."""
-    spec = common.check_key(model_key, CLASSIFY, LABEL_SCORE)
+    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
     rows = read_rows(spec, file, lines)
-    m = common.load(engine, model_key, progress=progress)
-    results = classification.classify_rows(
-        m, rows, progress=lambda done, total: progress(done / total, desc=f"{done}/{total} rows"))
+    batch = api.classify_batch(
+        engine, model_key, rows, status=common.status(progress),
+        progress=lambda done, total: progress(done / total, desc=f"{done}/{total} rows"))
+    results = batch.results
     table = []
     for i, (row, res) in enumerate(zip(rows, results), 1):
         out = {"row": i, **{f: str(row.get(f, ""))[:200] for f in spec.inputs}}
@@ -123,7 +119,7 @@ def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
               .rename_axis("label").reset_index(name="rows"))
     path = Path(tempfile.mkdtemp()) / f"{model_key}-results.csv"
     df.to_csv(path, index=False)
-    return df, counts, gr.File(str(path), visible=True), common.notice(m)
+    return df, counts, gr.File(str(path), visible=True), common.notice(batch.notice)
 
 
 def build(engine) -> None:

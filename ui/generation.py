@@ -4,12 +4,11 @@ side, "Why this token?" and the perplexity of a pasted text."""
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 
 import gradio as gr
 
-from inference import analysis, formats, generation, sampling
+from inference import api
 from inference.registry import GENERATE, REGISTRY, by_task
 
 from . import common
@@ -21,7 +20,7 @@ EXAMPLES = [
     "Em meio a um escândalo, a frente parlamentar pediu ao Senador Silva para",
 ]
 MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
-MAX_COMPLETIONS = 4
+MAX_COMPLETIONS = api.MAX_COMPLETIONS
 
 # Colour classes for token probabilities and surprise, most confident first.
 PROB_BANDS = [(0.9, "p ≥ 0.9", "#22c55e"), (0.5, "p 0.5–0.9", "#a3e635"),
@@ -39,17 +38,7 @@ def surprise_band(bits: float) -> str:
         else SURPRISE_BANDS[-1][1]
 
 
-def _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed):
-    try:
-        return sampling.Sampling.from_defaults(
-            m.spec.defaults, temperature=temperature, top_k=top_k, top_p=top_p,
-            repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-            do_sample=not greedy, seed=seed)
-    except ValueError as exc:
-        raise common.error_message(exc) from None
-
-
-def figures(m, prompt_tokens: int, dropped: int, runs: list[dict]) -> str:
+def figures(started, runs: list[dict]) -> str:
     """The line under the outputs: sizes, speed, device. Token counts come
     from the generated ids, not from re-tokenizing the text."""
     new = sum(len(r["ids"]) for r in runs)
@@ -57,13 +46,13 @@ def figures(m, prompt_tokens: int, dropped: int, runs: list[dict]) -> str:
     decoded = sum(max(len(r["ids"]) - 1, 0) for r in runs)
     decode_s = sum(r["end"] - r["first"] for r in runs if r["first"] is not None)
     rate = f"**{decoded / decode_s:.1f}** tokens/s" if decode_s > 0 and decoded else "– tokens/s"
-    cut = (f"⚠️ The prompt was cut by **{dropped}** tokens from the left to fit the "
-           f"{m.spec.max_input_tokens}-token context. ") if dropped else ""
+    cut = (f"⚠️ The prompt was cut by **{started.dropped}** tokens from the left to fit the "
+           f"{started.context}-token context. ") if started.dropped else ""
     ttft = f"**{first:.2f} s**" if first is not None else "–"
-    seeds = ", ".join(str(r["sampling"].seed) for r in runs) if runs and runs[0]["sampling"].do_sample \
-        else "greedy"
-    return (f"{cut}**{prompt_tokens}** prompt tokens · **{new}** new tokens · "
-            f"first token after {ttft} · {rate} · {m.label} · seed {seeds}")
+    seeds = ", ".join(str(s.seed) for s in started.samplings[:len(runs)]) \
+        if started.samplings[0].do_sample else "greedy"
+    return (f"{cut}**{len(started.prompt)}** prompt tokens · **{new}** new tokens · "
+            f"first token after {ttft} · {rate} · {started.label} · seed {seeds}")
 
 
 @common.engine_errors
@@ -72,41 +61,34 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
              greedy=False, seed=None, completions=1, progress=gr.Progress(track_tqdm=True)):
     """Stream `completions` continuations of `text`, one after the other
     (seeds seed, seed+1, ...); yields the texts, the figures line, the
-    banner and the run (prompt and generated ids) for "Why this token?"."""
-    common.check_key(model_key, GENERATE)
-    text = common.check_text(text, "prompt", allow_empty=True)
-    n = common.check_count(completions, MAX_COMPLETIONS, "Completions")
-    if not text.strip():
+    banner and the run (prompt and generated tokens) for "Why this token?"."""
+    if not api.check_text(text, "prompt", allow_empty=True).strip():
         gr.Warning("Type a prompt first: the model continues your text.")
         yield *[""] * MAX_COMPLETIONS, "✍️ Type a prompt to start.", gr.Markdown(visible=False), None
         return
-    m = common.load(engine, model_key, revision, progress)
-    s = _sampling(m, temperature, top_k, top_p, repetition_penalty, max_new_tokens, greedy, seed)
-    if s.seed is None and s.do_sample:
-        # Draw the seed here so that the figures can show it and the output can be
-        # reproduced (exactly so on int8 weights when the model serves it alone).
-        s = sampling.Sampling(**{**s.__dict__, "seed": random.randrange(sampling.MAX_SEED)})
-    ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
-    ids, dropped = generation.fit_context(ids, m.spec.max_input_tokens, s.max_new_tokens,
-                                          keep_first=1)
-    banner = common.notice(m)
-    texts = [""] * MAX_COMPLETIONS
-    runs: list[dict] = []
-    run = dict(key=m.spec.key, revision=revision, sampling=s, prompt=ids, runs=runs)
-    for i in range(n):
-        si = sampling.for_completion(s, i)
-        r = dict(ids=[], drawn=[], first=None, end=None, sampling=si)
-        runs.append(r)
+    events = api.generate(
+        engine, model_key, text, revision, n=completions, status=common.status(progress),
+        temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+        do_sample=not greedy, seed=seed)
+    # closing(): a Stop closes this generator, and the work must end with it.
+    with contextlib.closing(events):
+        started = next(events)
+        banner = common.notice(started.notice)
+        texts = [""] * MAX_COMPLETIONS
+        runs: list[dict] = []
+        run = dict(key=started.key, revision=started.revision, prompt=started.prompt, runs=runs)
         start = time.perf_counter()
-        # closing(): a Stop closes this generator, and the worker must end with it.
-        with contextlib.closing(generation.stream_tokens(m, ids, si)) as tokens:
-            for piece, new_ids, drawn in tokens:
-                now = time.perf_counter()
-                r["first"] = r["first"] if r["first"] is not None else now - start
-                r["ids"], r["drawn"], r["end"] = new_ids, drawn, now - start
-                texts[i] += piece
-                yield *texts, figures(m, len(ids), dropped, runs), banner, run
-    yield *texts, figures(m, len(ids), dropped, runs), banner, run
+        for piece in events:
+            if piece.index == len(runs):   # the next completion starts
+                runs.append(dict(ids=[], drawn=[], first=None, end=None))
+                start = time.perf_counter()
+            r, now = runs[piece.index], time.perf_counter()
+            r["first"] = r["first"] if r["first"] is not None else now - start
+            r["ids"], r["drawn"], r["end"] = piece.ids, piece.drawn, now - start
+            texts[piece.index] += piece.text
+            yield *texts, figures(started, runs), banner, run
+    yield *texts, figures(started, runs), banner, run
 
 
 @common.engine_errors
@@ -115,12 +97,11 @@ def explain(engine, run, which=1):
     and list the top alternatives (see inference.analysis)."""
     if not run or not run["runs"]:
         raise gr.Error("Generate some text first.", title="Nothing to explain")
-    which = common.check_count(which, MAX_COMPLETIONS, "Completions")
+    which = api.check_count(which, MAX_COMPLETIONS, "Completions")
     if which > len(run["runs"]):
         raise gr.Error(f"There are only {len(run['runs'])} completions.", title="Nothing to explain")
-    m = common.load(engine, run["key"], run["revision"])
-    r = run["runs"][which - 1]
-    infos = analysis.explain(m.tokenizer, run["prompt"], r["drawn"])
+    infos = api.explain(engine, run["key"], run["revision"], run["prompt"],
+                        run["runs"][which - 1]["drawn"])
     spans = [(t.text, prob_band(t.prob)) for t in infos]
     table = [[i + 1, repr(t.text), round(t.prob, 4),
               " · ".join(f"{a!r} {p:.3f}" for a, p in t.alternatives)]
@@ -132,18 +113,12 @@ def explain(engine, run, which=1):
 def perplexity(engine, text, model_key="ttl-160m", revision="main",
                progress=gr.Progress(track_tqdm=True)):
     """Perplexity of `text` and each token's surprise in bits."""
-    common.check_key(model_key, GENERATE)
-    text = common.check_text(text, "text to score")
-    m = common.load(engine, model_key, revision, progress)
-    ids = formats.encode(m.spec.prompt_format, m.tokenizer, {"text": text})
-    try:
-        p = analysis.perplexity(m, ids)
-    except ValueError as exc:
-        raise gr.Error(str(exc), title="Nothing to score") from None
-    cut = (f" Only the first {m.spec.max_input_tokens} tokens were scored "
+    scored = api.perplexity(engine, model_key, text, revision, status=common.status(progress))
+    p, context = scored.perplexity, REGISTRY[model_key].max_input_tokens
+    cut = (f" Only the first {context} tokens were scored "
            f"({p.dropped} more did not fit the context).") if p.dropped else ""
     summary = (f"Perplexity **{p.value:.2f}** over **{len(p.tokens)}** tokens "
-               f"under {m.spec.title} ({revision}, {m.label}).{cut}")
+               f"under {REGISTRY[model_key].title} ({scored.revision}, {scored.label}).{cut}")
     return summary, [(t.text, surprise_band(t.surprise_bits)) for t in p.tokens]
 
 
@@ -171,9 +146,9 @@ def build(engine) -> None:
             revision = gr.Dropdown(list(REGISTRY["ttl-160m"].revisions), value="main",
                                    label="Checkpoint (training step)", allow_custom_value=True)
             temperature, top_k, top_p, rep, max_new = common.sampling_controls(
-                d, sampling.MAX_NEW_TOKENS_CAP)
+                d, api.MAX_NEW_TOKENS_CAP)
             greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
-            seed = gr.Number(-1, precision=0, minimum=-1, maximum=sampling.MAX_SEED,
+            seed = gr.Number(-1, precision=0, minimum=-1, maximum=api.MAX_SEED,
                              label="Seed (−1 = random; completion k uses seed + k − 1)")
             completions = gr.Radio(list(range(1, MAX_COMPLETIONS + 1)), value=1,
                                    label="Completions side by side")

@@ -1,0 +1,387 @@
+"""The request API: the one way in for every front end (the page's tabs
+today; an OpenAI-compatible server or MCP tools tomorrow). Each call takes
+the engine and plain values, validates every one of them before any work is
+done, and raises `EngineError` with a message for people when it refuses.
+Requests are put together here (prompt formats, context fitting, the seed
+of each completion, best-of-n), and the compute is the model's backend's.
+
+    generate(engine, "ttl-160m", "A PUCRS é", n=2, seed=1)   -> Started, Piece, Piece, ...
+    chat(engine, "aira-2-124m", messages, n=4)                -> ChatStarted, Piece..., Answer
+    classify(engine, "ttl-160m-imdb", {"text": ...})          -> Labels
+    classify_batch(engine, key, rows, progress)               -> Batch
+    perplexity(engine, "ttl-160m", text)                      -> Scored
+    explain(engine, key, revision, prompt, drawn)             -> [TokenInfo]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
+
+from . import analysis, bestofn, classification, faults, formats, generation, measure
+from .errors import EngineError, ModelUnavailable, OutOfMemory
+from .engine import Engine
+from .loading import Loaded
+from .registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY, SCORE, ModelSpec, by_task
+from .sampling import MAX_NEW_TOKENS_CAP, MAX_SEED, Drawn, Sampling, for_completion
+
+MAX_TEXT_CHARS = 20_000   # ~5k tokens: more than any served context holds
+MAX_COMPLETIONS = 4
+MAX_CANDIDATES = bestofn.MAX_CANDIDATES
+TOXICITY_THRESHOLD = bestofn.TOXICITY_THRESHOLD
+MAX_MESSAGES = 64          # a chat's history, with the new question
+MAX_HISTORY_CHARS = 100_000
+MAX_BATCH_ROWS = 1000
+FREE_ANSWER_TOKENS = 8
+
+TASK_NAMES = {GENERATE: "text-generation model", CHAT: "chat model", CLASSIFY: "classifier",
+              LABEL_SCORE: "classifier", SCORE: "scorer"}
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens",
+                   "do_sample", "seed")
+
+Status = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+# -- validation --------------------------------------------------------------
+def check_text(text, what: str = "text", allow_empty: bool = False) -> str:
+    """Text from a person or a client: a string, not blank, not huge."""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise EngineError(f"The {what} must be text.")
+    # Control characters other than newlines and tabs are dropped: they
+    # carry nothing a model was trained on and break some tokenizers'
+    # offsets. Lone surrogates cannot be encoded at all.
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs"))
+    if not allow_empty and not text.strip():
+        raise EngineError(f"Please type some {what} first.", title="Nothing to do")
+    if len(text) > MAX_TEXT_CHARS:
+        raise EngineError(f"The {what} is {len(text):,} characters long; the limit is "
+                          f"{MAX_TEXT_CHARS:,}.", title="Too long")
+    return text
+
+
+def check_count(n, most: int, what: str) -> int:
+    """A count: a whole number from 1 to `most` (`what` starts the message)."""
+    if isinstance(n, str) and n.strip().isdigit():   # a Radio's value from a client
+        n = int(n)
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) \
+            or n != int(n) or not 1 <= n <= most:
+        raise EngineError(f"{what} must be a whole number from 1 to {most}, got {n!r}.",
+                          title="Invalid setting")
+    return int(n)
+
+
+def check_model(key, *tasks: str) -> ModelSpec:
+    """A model key: in the registry and serving one of `tasks` (a classifier
+    key sent to generate is refused, not loaded)."""
+    allowed = [s.key for s in by_task(*tasks)]
+    if isinstance(key, str) and key in allowed:
+        return REGISTRY[key]
+    msg = (f"{key!r} is not a {TASK_NAMES[tasks[0]]}." if isinstance(key, str) and key in REGISTRY
+           else f"Unknown model {key!r}.")
+    raise ModelUnavailable(f"{msg} Choose one of: {', '.join(allowed)}.")
+
+
+def sampling(spec: ModelSpec, settings: Mapping) -> Sampling:
+    """The model card's defaults with `settings` (None: the default) applied."""
+    unknown = set(settings) - set(SAMPLING_FIELDS)
+    if unknown:
+        raise EngineError(f"Unknown sampling settings: {', '.join(sorted(unknown))}.")
+    try:
+        return Sampling.from_defaults(spec.defaults, **settings)
+    except ValueError as exc:
+        raise EngineError(str(exc), title="Invalid setting") from None
+
+
+def load(engine: Engine, key: str, revision: str | None = None, status: Status = _quiet) -> Loaded:
+    return engine.load(key, revision, status=status)
+
+
+def memory_errors(fn):
+    """Running out of memory (CUDA, MPS or CPU) frees what the request held
+    and becomes an `OutOfMemory`; the app keeps serving."""
+    import functools
+    import inspect
+
+    def explain(exc: BaseException):
+        if not faults.is_out_of_memory(exc):
+            raise exc
+        faults.free_memory()
+        raise OutOfMemory() from None
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except (RuntimeError, MemoryError) as exc:
+                explain(exc)
+        return streaming
+
+    @functools.wraps(fn)
+    def plain(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RuntimeError, MemoryError) as exc:
+            explain(exc)
+    return plain
+
+
+# -- generation ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Started:
+    """A generate or chat request, accepted: what it runs on."""
+    key: str
+    revision: str
+    prompt: list[int]             # the prompt's token ids, as the model gets them
+    dropped: int                  # tokens cut from the prompt's left to fit the context
+    samplings: list[Sampling]     # one per completion or candidate, seeds filled in
+    label: str                    # device · dtype · road · stand-in
+    notice: str | None            # the banner when serving a stand-in
+    context: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """New text of completion (or candidate) `index`, with every token id
+    so far and how each was drawn."""
+    index: int
+    text: str
+    ids: list[int]
+    drawn: list[Drawn]
+
+
+def _drawn_seed(s: Sampling) -> Sampling:
+    """A random seed drawn here, so that it can be shown and the text
+    reproduced (a seed reproduces a text when the model serves it alone)."""
+    if s.seed is None and s.do_sample:
+        return Sampling(**{**s.__dict__, "seed": random.randrange(MAX_SEED)})
+    return s
+
+
+def _stream(m: Loaded, ids: list[int], samplings: list[Sampling],
+            cancel: threading.Event | None) -> Iterator[Piece]:
+    for i, s in enumerate(samplings):
+        for text, new, drawn in generation.stream_tokens(m, ids, s, cancel):
+            yield Piece(i, text, new, drawn)
+
+
+@memory_errors
+def generate(engine: Engine, key: str, text: str, revision: str | None = None, n: int = 1,
+             status: Status = _quiet, cancel: threading.Event | None = None,
+             **settings) -> Iterator[Started | Piece]:
+    """`n` continuations of `text`, one after the other, completion k with
+    seed + k. Closing the iterator stops the work at the next token."""
+    spec = check_model(key, GENERATE)
+    text = check_text(text, "prompt")
+    n = check_count(n, MAX_COMPLETIONS, "Completions")
+    s = _drawn_seed(sampling(spec, settings))
+    m = load(engine, key, revision, status)
+    ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
+    ids, dropped = generation.fit_context(ids, spec.max_input_tokens, s.max_new_tokens,
+                                          keep_first=1)
+    samplings = [for_completion(s, i) for i in range(n)]
+    yield Started(key, m.revision, ids, dropped, samplings, m.label, m.notice,
+                  spec.max_input_tokens)
+    yield from _stream(m, ids, samplings, cancel)
+
+
+# -- chat ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    """The end of a chat request: every candidate with its scores, the one
+    chosen (None: every candidate was flagged), and notes on what was
+    missing (a scorer that could not be loaded)."""
+    candidates: list[bestofn.Candidate]
+    best: int | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str | None:
+        return None if self.best is None else self.candidates[self.best].text
+
+
+# What best-of-n loses when a scorer is missing: chat goes on without it.
+WITHOUT = {"reward": "candidates are not ranked (the first one not flagged is shown)",
+           "guard": "candidates are not checked for toxicity"}
+
+
+def check_messages(messages) -> list[dict[str, str]]:
+    """A conversation from a person or a client: a list of {"role", "content"}
+    messages (roles system, user, assistant), bounded in count and size,
+    ending with the user's message."""
+    if not isinstance(messages, list) or not messages:
+        raise EngineError("The messages must be a non-empty list of {role, content} objects.")
+    if len(messages) > MAX_MESSAGES:
+        raise EngineError(f"{len(messages)} messages; the limit is {MAX_MESSAGES}.",
+                          title="Too long")
+    out, total = [], 0
+    for msg in messages:
+        if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
+            raise EngineError("Each message must be {role, content} with role system, user "
+                              "or assistant.")
+        what = {"user": "question", "assistant": "answer", "system": "system message"}[msg["role"]]
+        content = check_text(msg.get("content"), what, allow_empty=True)
+        total += len(content)
+        out.append({"role": msg["role"], "content": content})
+    if total > MAX_HISTORY_CHARS:
+        raise EngineError(f"The conversation is {total:,} characters long; the limit is "
+                          f"{MAX_HISTORY_CHARS:,}.", title="Too long")
+    if out[-1]["role"] != "user" or not out[-1]["content"].strip():
+        raise EngineError("Please type some question first.", title="Nothing to do")
+    return out
+
+
+def _scorer(engine: Engine, key: str | None, what: str, notes: list[str]) -> Loaded | None:
+    if key is None:
+        return None
+    try:
+        m = engine.load(key)
+    except ModelUnavailable as exc:
+        notes.append(f"⚠️ {exc} Chat goes on without it: {WITHOUT[what]}.")
+        return None
+    if m.notice:
+        notes.append(m.notice)
+    return m
+
+
+@memory_errors
+def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet,
+         cancel: threading.Event | None = None, **settings) -> Iterator[Started | Piece | Answer]:
+    """The model's answer to the last message of `messages` (earlier turns
+    as they fit the context). With n > 1, n candidates stream in turn, then
+    the entry's reward model ranks them and its guardrail drops toxic ones."""
+    spec = check_model(key, CHAT)
+    messages = check_messages(messages)
+    n = check_count(n, MAX_CANDIDATES, "The number of candidates")
+    s = sampling(spec, settings)
+    m = load(engine, key, None, status)
+    ids = formats.encode_chat(spec.prompt_format, m.tokenizer, messages,
+                              spec.max_input_tokens - s.max_new_tokens)
+    samplings = [for_completion(s, i) for i in range(n)]
+    yield Started(key, m.revision, ids, 0, samplings, m.label, m.notice, spec.max_input_tokens)
+    texts = [""] * n
+    for piece in _stream(m, ids, samplings, cancel):
+        texts[piece.index] += piece.text
+        yield piece
+    texts = [t.strip() for t in texts]
+    if n == 1:
+        yield Answer([bestofn.Candidate(texts[0])], 0)
+        return
+    status("Scoring the candidates")
+    notes: list[str] = []
+    reward = _scorer(engine, spec.reward_model, "reward", notes)
+    guard = _scorer(engine, spec.guard_model, "guard", notes)
+    question = messages[-1]["content"]
+    candidates = bestofn.score(question, texts, reward, guard)
+    yield Answer(candidates, bestofn.pick(candidates), notes)
+
+
+# -- classification ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Labels:
+    probs: dict[str, float]
+    notice: str | None
+
+
+def check_fields(spec: ModelSpec, fields) -> dict[str, str]:
+    if not isinstance(fields, Mapping):
+        raise EngineError(f"The input must be an object with {', '.join(spec.inputs)}.")
+    return {name: check_text(fields.get(name), name) for name in spec.inputs}
+
+
+@memory_errors
+def classify(engine: Engine, key: str, fields, status: Status = _quiet) -> Labels:
+    """Label probabilities for one input (the entry's named text fields:
+    `text`, or e.g. `premise` and `hypothesis`)."""
+    spec = check_model(key, CLASSIFY, LABEL_SCORE)
+    fields = check_fields(spec, fields)
+    m = load(engine, key, None, status)
+    return Labels(classification.classify_one(m, fields), m.notice)
+
+
+@dataclass(frozen=True)
+class Batch:
+    results: list[dict[str, float] | str]   # per row: label probabilities, or why it was skipped
+    notice: str | None
+
+
+@memory_errors
+def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int], None] = None,
+                   status: Status = _quiet) -> Batch:
+    """Label probabilities for each row; a bad row is reported, never stops the batch."""
+    spec = check_model(key, CLASSIFY, LABEL_SCORE)
+    if not isinstance(rows, list) or not rows:
+        raise EngineError("Upload a CSV or paste one text per line.", title="Nothing to do")
+    if len(rows) > MAX_BATCH_ROWS:
+        raise EngineError(f"{len(rows):,} rows; the limit is {MAX_BATCH_ROWS:,}.",
+                          title="Too many rows")
+    m = load(engine, key, None, status)
+    results = classification.classify_rows(m, rows, progress or (lambda done, total: None))
+    return Batch(results, m.notice)
+
+
+@memory_errors
+def free_answer(engine: Engine, key: str, text: str) -> str:
+    """What a label-scoring model answers when it is free to write (greedy,
+    a few tokens): the tweet adapter's seed notes it does not reliably
+    answer with one word."""
+    spec = check_model(key, LABEL_SCORE)
+    text = check_text(text, "text")
+    m = load(engine, key)
+    ids = formats.encode(spec.prompt_format, m.tokenizer, {"system": spec.system_prompt, "text": text})
+    ids, _ = generation.fit_context(ids, spec.max_input_tokens, FREE_ANSWER_TOKENS, keep_first=1)
+    s = Sampling.from_defaults(spec.defaults, max_new_tokens=FREE_ANSWER_TOKENS, do_sample=False,
+                               repetition_penalty=1.0)
+    return generation.complete(m, ids, s).strip()
+
+
+# -- looking inside ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scored:
+    perplexity: analysis.Perplexity
+    label: str
+    revision: str
+    notice: str | None
+    is_standin: bool
+
+
+@memory_errors
+def perplexity(engine: Engine, key: str, text: str, revision: str | None = None,
+               status: Status = _quiet) -> Scored:
+    """The perplexity of `text` under a text-generation model, each token's
+    probability and the top alternatives there."""
+    spec = check_model(key, GENERATE)
+    text = check_text(text, "text to score")
+    m = load(engine, key, revision, status)
+    ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
+    return Scored(analysis.perplexity(m, ids), m.label, m.revision, m.notice, m.is_standin)
+
+
+def explain(engine: Engine, key: str, revision: str | None, prompt: list[int],
+            drawn: Sequence[Drawn]) -> list[analysis.TokenInfo]:
+    """"Why this token?" for tokens a generate request returned."""
+    m = load(engine, key, revision)
+    return analysis.explain(m.tokenizer, prompt, list(drawn))
+
+
+def decoding_speeds(engine: Engine, text: str, status: Status = _quiet) -> list[tuple]:
+    """(title, revision, label, new tokens, seconds) of every generative
+    model loaded now, each decoding greedily after `text`."""
+    text = check_text(text)
+    rows = []
+    for m in engine.loaded():
+        if m.spec.is_generative:
+            status(f"Timing {m.spec.title}…")
+            speed = measure.decoding_speed(m, text[:500])
+            rows.append((m.spec.title, m.revision, m.label, speed))
+    return rows

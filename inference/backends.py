@@ -1,0 +1,207 @@
+"""Backends: the code that does a model's compute. The request API (api.py)
+asks a backend for four things and nothing else:
+
+- `prepare`: the freshly loaded model made ready for it;
+- `stream`: the tokens of one request, as they are drawn (`sampling.Drawn`);
+- `prompt_logprobs`: each token of given texts with its log-probability and
+  the top of its distribution (`sampling.Scored`);
+- `classify`: a sequence classifier's logits for given inputs.
+
+Two are here. `local` (the default on a CPU) decodes with the hand-written
+batched decoder (decoder.py) over the CPU fast path (fastpath.py): every
+request on a model shares decode steps. `transformers` runs transformers'
+own `generate` with a streamer and logits processors, one request per model
+at a time: the reference the local decoder is tested against, and the
+default on CUDA/MPS. A remote backend (an OpenAI-compatible server) fits
+the same four calls. `Settings.backend`/`backends` chooses (TTL_BACKEND).
+"""
+
+from __future__ import annotations
+
+import threading
+from queue import SimpleQueue
+from typing import Iterator, Sequence
+
+import torch
+
+from . import fastpath
+from .decoder import decoder_for
+from .loading import Loaded
+from .sampling import Drawn, Sampling, Scored, distribution, drawn_from
+from .settings import Settings
+
+
+class Backend:
+    name = ""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def prepare(self, m: Loaded) -> None:
+        """Make the loaded model ready for this backend (in place)."""
+
+    def stream(self, m: Loaded, ids: list[int], s: Sampling,
+               cancel: threading.Event) -> Iterator[Drawn]:
+        """The tokens generated after `ids`, each as it is drawn. Setting
+        `cancel` or closing the iterator stops the work at the next token."""
+        raise NotImplementedError
+
+    def prompt_logprobs(self, m: Loaded, rows: Sequence[list[int]], top: int) -> list[list[Scored]]:
+        """For each row, every token but the first with its log-probability
+        given the tokens before it and the `top` most likely tokens there.
+        The rows run as one padded batch on the compute thread."""
+        def compute():
+            input_ids, mask = pad(rows, m.tokenizer.pad_token_id or 0, m.device)
+            logp = torch.log_softmax(m.model(input_ids=input_ids, attention_mask=mask)
+                                     .logits.float(), -1)
+            out = []
+            for r, row in enumerate(rows):
+                lp = logp[r, :len(row) - 1]
+                chosen = lp.gather(-1, torch.tensor(row[1:], device=lp.device)[:, None])[:, 0]
+                best = lp.topk(top, -1) if top else None
+                out.append([Scored(t, float(c), tuple(zip(best.indices[i].tolist(),
+                                                          best.values[i].tolist())) if top else ())
+                            for i, (t, c) in enumerate(zip(row[1:], chosen.tolist()))])
+            return out
+        return m.run(compute)
+
+    def classify(self, m: Loaded, rows: Sequence[dict[str, list[int]]]) -> torch.Tensor:
+        """A sequence classifier's logits [rows, labels] for encoded inputs
+        (`input_ids`, and `token_type_ids` where the model takes them),
+        padded to the longest row and run as one batch."""
+        def compute():
+            inputs = {}
+            for name in rows[0]:
+                fill = (m.model.config.pad_token_id or 0) if name == "input_ids" else 0
+                inputs[name], mask = pad([r[name] for r in rows], fill, m.device)
+            return m.model(**inputs, attention_mask=mask).logits.float().cpu()
+        return m.run(compute)
+
+
+def pad(rows: Sequence[list[int]], fill: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids as one tensor, right-padded (the fine-tunes pool the last
+    real token), and the attention mask."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[r, :len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+class Local(Backend):
+    """The batched decoder over the CPU fast path."""
+    name = "local"
+
+    def prepare(self, m: Loaded) -> None:
+        if not m.spec.is_generative:
+            return
+        m.model, m.fast = fastpath.apply(m.model, m.device, self.settings.fast)
+        if m.fast != "off":
+            m.source += f", {m.fast} fast path"
+        if m.fast == "bf16":
+            m.dtype = torch.bfloat16
+
+    def stream(self, m, ids, s, cancel):
+        request = decoder_for(m).submit(ids, s, cancel)
+        try:
+            while (token := m.worker.take(request.out)) is not None:
+                if isinstance(token, BaseException):
+                    raise token
+                yield token
+        finally:
+            cancel.set()
+            if m.worker.inline:
+                m.worker.pump()   # the turn that drops it: inline, nobody else runs one
+            request.released.wait(timeout=5)   # out of the batch before the caller goes on
+
+
+class Transformers(Backend):
+    """transformers' `generate`: a streamer hands over each token, a logits
+    processor records the distribution each token was drawn from, and a stopping
+    criterion ends it on cancel. Seeds use torch's global generator, so one
+    request per model runs at a time (the lock) and the seed is set inside."""
+    name = "transformers"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self._locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def stream(self, m, ids, s, cancel):
+        from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
+        from transformers.generation.streamers import BaseStreamer
+
+        out: SimpleQueue = SimpleQueue()
+        last: list[torch.Tensor] = []
+
+        class Record(LogitsProcessor):
+            # transformers puts custom processors after the penalty and before
+            # temperature, top-k and top-p: those are applied here as they
+            # are there (sampling.distribution).
+            def __call__(self, input_ids, scores):
+                last[:] = [distribution(scores[0].float().cpu(), s)]
+                return scores
+
+        class Hand(BaseStreamer):
+            first = True
+
+            def put(self, value):
+                if self.first:   # the prompt
+                    self.first = False
+                    return
+                out.put(drawn_from(last[0], int(value.reshape(-1)[0])))
+
+            def end(self):
+                pass
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancel.is_set()
+
+        stop = end_token(m)
+        config = GenerationConfig(
+            do_sample=s.do_sample, max_new_tokens=s.max_new_tokens,
+            repetition_penalty=s.repetition_penalty, eos_token_id=stop,
+            pad_token_id=m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else stop,
+            **(dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p) if s.do_sample
+               else dict(temperature=None, top_k=None, top_p=None)))
+
+        def run():
+            try:
+                with self._lock(m), torch.inference_mode():
+                    if s.seed is not None:
+                        torch.manual_seed(s.seed)
+                    x = torch.tensor([ids], device=m.device)
+                    m.model.generate(input_ids=x, attention_mask=torch.ones_like(x),
+                                     generation_config=config, logits_processor=[Record()],
+                                     stopping_criteria=[Cancelled()], streamer=Hand())
+                out.put(None)
+            except BaseException as exc:   # the caller gets it
+                out.put(exc)
+
+        thread = threading.Thread(target=run, name="transformers-generate", daemon=True)
+        thread.start()
+        try:
+            while (token := out.get()) is not None:
+                if isinstance(token, BaseException):
+                    raise token
+                yield token
+        finally:
+            cancel.set()
+            thread.join(timeout=5)
+
+    def _lock(self, m: Loaded) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(id(m), threading.Lock())
+
+
+def end_token(m: Loaded) -> int:
+    config = getattr(m.model, "generation_config", None)
+    eos = config.eos_token_id if config is not None else None
+    eos = eos if eos is not None else m.tokenizer.eos_token_id
+    return eos[0] if isinstance(eos, (list, tuple)) else eos
+
+
+BACKENDS = {b.name: b for b in (Local, Transformers)}

@@ -1,0 +1,119 @@
+"""What the operator chose at start, from flags or the environment: read
+once, here (nothing else in the app reads the environment), and validated,
+so that a typo fails at start rather than at a visitor's first click."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from .registry import REGISTRY, get_spec
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+FAST_ROADS = ("auto", "off", "int8", "bf16")   # fastpath.py
+# Which code computes a model (backends.py). auto: local on a CPU,
+# transformers on CUDA/MPS, where the local decoder has not been measured.
+BACKENDS = ("auto", "local", "transformers")
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _pairs(text: str, what: str) -> dict[str, str]:
+    """'key=value,key=value' to a dict; keys must be registry keys."""
+    out = {}
+    for item in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip():
+            raise ValueError(f"Expected KEY={what}, got {item!r}")
+        get_spec(key.strip())   # unknown keys fail at start, not at first use
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_local_dirs(text: str) -> dict[str, str]:
+    """'key=dir,key=dir' (as in TTL_LOCAL_DIRS or --local) to a dict."""
+    return _pairs(text, "DIR")
+
+
+def parse_backends(text: str) -> tuple[str, dict[str, str]]:
+    """TTL_BACKEND: one backend for every model ('transformers'), per model
+    ('ttl-460m=transformers'), or both ('local,ttl-460m=transformers')."""
+    default = [p.strip() for p in text.split(",") if p.strip() and "=" not in p]
+    per_model = _pairs(",".join(p for p in text.split(",") if "=" in p), "BACKEND")
+    if len(default) > 1:
+        raise ValueError(f"TTL_BACKEND names more than one default backend: {default}")
+    return (default[0] if default else "auto"), per_model
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: str = "auto"
+    dtype: str = "auto"
+    standin: bool = False        # serve stand-ins only
+    strict: bool = False         # never fall back to a stand-in
+    local_dirs: Mapping[str, str] = field(default_factory=dict)
+    standin_dir: str | None = None
+    full_size_standins: bool = False
+    hub_probe_timeout: float = 3.0
+    hub_offline: bool = False    # HF_HUB_OFFLINE: never ask the hub
+    hub_endpoint: str = "https://huggingface.co"
+    # A PEFT adapter (hub id or directory) per registry key whose entry has an
+    # `adapter_setting`: the value of that environment variable.
+    adapters: Mapping[str, str] = field(default_factory=dict)
+    # 4-bit (bitsandbytes NF4) loading of the adapter models, as in the tweet
+    # adapter's QLoRA training (seed 002). CUDA only; elsewhere it is ignored.
+    load_in_4bit: bool = False
+    fast: str = "auto"           # CPU fast path: auto | off | int8 | bf16 (fastpath.py)
+    backend: str = "auto"        # every model's backend, unless named in `backends`
+    backends: Mapping[str, str] = field(default_factory=dict)   # key -> backend
+    # A ZeroGPU Space (it sets SPACES_ZERO_GPU): the GPU exists only inside a
+    # request's `spaces.GPU` call, so the engine computes on the caller's
+    # thread (worker.py) and the app loads its default models at start.
+    zero_gpu: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from the environment; `overrides` (flags) win where not None."""
+        env = os.environ if env is None else env
+        backend, backends = parse_backends(env.get("TTL_BACKEND", ""))
+        values = dict(
+            device=env.get("TTL_DEVICE", "auto"),
+            dtype=env.get("TTL_DTYPE", "auto"),
+            standin=_flag(env, "TTL_STANDIN"),
+            strict=_flag(env, "TTL_STRICT"),
+            local_dirs=parse_local_dirs(env.get("TTL_LOCAL_DIRS", "")),
+            standin_dir=env.get("TTL_STANDIN_DIR") or None,
+            hub_offline=_flag(env, "HF_HUB_OFFLINE"),
+            hub_endpoint=env.get("HF_ENDPOINT", "https://huggingface.co"),
+            adapters={s.key: env[s.adapter_setting].strip() for s in REGISTRY.values()
+                      if s.adapter_setting and env.get(s.adapter_setting, "").strip()},
+            load_in_4bit=_flag(env, "TTL_4BIT"),
+            fast=env.get("TTL_FAST", "auto").strip().lower() or "auto",
+            backend=backend, backends=backends,
+            zero_gpu="SPACES_ZERO_GPU" in env,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def __post_init__(self):
+        for name, allowed in (("device", DEVICES), ("dtype", tuple(DTYPES)),
+                              ("fast", FAST_ROADS), ("backend", BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for key, name in self.backends.items():
+            if name not in BACKENDS:
+                raise ValueError(f"backend for {key} must be one of {BACKENDS}, got {name!r}")
+
+    def backend_for(self, key: str, device: torch.device) -> str:
+        """The backend that computes `key` on `device` ('local' or 'transformers')."""
+        name = self.backends.get(key, self.backend)
+        if name == "auto":
+            return "local" if device.type == "cpu" else "transformers"
+        return name
