@@ -18,6 +18,7 @@ import gradio as gr
 from inference.engine import Engine
 from inference.settings import BACKENDS, DEVICES, DTYPES, Settings, parse_backends, parse_local_dirs
 from inference.registry import DEFAULT_KEYS
+from server import openai_api
 from ui import benchmarks, chat, classification, generation
 from ui.theme import CSS, THEME
 
@@ -44,6 +45,18 @@ def build(engine: Engine) -> gr.Blocks:
     # compute thread, and streams on the same model are decoded in one batch.
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
+
+
+def launch(demo: gr.Blocks, engine: Engine, **kwargs):
+    """The page, its Gradio API and MCP tools (/gradio_api/mcp/), and the
+    OpenAI-compatible routes (/v1/...) on one port, over one engine. The
+    routes are handed to the FastAPI app Gradio makes, so Gradio's own
+    settings (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, --share) still apply.
+    show_error: an API client sending a wrong type (refused by a component
+    before any handler runs) is told why, not just "Error"."""
+    return demo.launch(theme=THEME, css=CSS, max_file_size="5mb", show_error=True,
+                       mcp_server=True, app_kwargs={"routes": openai_api.routes(engine)},
+                       **kwargs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,10 +93,7 @@ def main(argv=None) -> None:
         # calls that then use them (the ZeroGPU documentation's pattern).
         for key in DEFAULT_KEYS:
             engine.load(key)
-    # show_error: an API client sending a wrong type (refused by a component
-    # before any handler runs) is told why, not just "Error".
-    build(engine).launch(theme=THEME, css=CSS, share=args.share,
-                                   max_file_size="5mb", show_error=True)
+    launch(build(engine), engine, share=args.share)
 
 
 if __name__ == "__main__":

@@ -256,12 +256,16 @@ def _scorer(engine: Engine, key: str | None, what: str, notes: list[str]) -> Loa
 
 @memory_errors
 def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet,
-         cancel: threading.Event | None = None, **settings) -> Iterator[Started | Piece | Answer]:
+         cancel: threading.Event | None = None, rank: bool = True,
+         **settings) -> Iterator[Started | Piece | Answer]:
     """The model's answer to the last message of `messages` (earlier turns
-    as they fit the context). With n > 1, n candidates stream in turn, then
-    the entry's reward model ranks them and its guardrail drops toxic ones."""
-    spec = check_model(key, CHAT)
+    as they fit the context; the entry's system prompt when none is given).
+    With n > 1, n candidates stream in turn, then (with `rank`) the entry's
+    reward model ranks them and its guardrail drops toxic ones."""
+    spec = check_model(key, CHAT, LABEL_SCORE)
     messages = check_messages(messages)
+    if spec.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": spec.system_prompt}] + messages
     n = check_count(n, MAX_CANDIDATES, "The number of candidates")
     s = sampling(spec, settings)
     m = load(engine, key, None, status)
@@ -274,8 +278,8 @@ def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet
         texts[piece.index] += piece.text
         yield piece
     texts = [t.strip() for t in texts]
-    if n == 1:
-        yield Answer([bestofn.Candidate(texts[0])], 0)
+    if n == 1 or not rank:
+        yield Answer([bestofn.Candidate(t) for t in texts], 0)
         return
     status("Scoring the candidates")
     notes: list[str] = []

@@ -37,11 +37,13 @@ class Detokenizer:
     """Token ids in, text pieces out, one id at a time. It decodes only the
     last few ids, in the context of the token before them (SentencePiece
     drops the leading space of a token decoded alone), and holds a piece
-    back while it ends in half a character (byte-fallback tokens)."""
+    back while it ends in half a character (byte-fallback tokens). The
+    prompt's last token is the first context, so that a continuation's first
+    word keeps its space ("A lhama" + " é", not "é")."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids = tokenizer, []
-        self.prefix = self.read = 0   # ids[prefix:read] is context already shown
+    def __init__(self, tokenizer, context: list[int] = ()):
+        self.tokenizer, self.ids = tokenizer, list(context)
+        self.prefix, self.read = 0, len(self.ids)   # ids[prefix:read] is context already shown
 
     def add(self, token: int) -> str:
         self.ids.append(token)
@@ -52,6 +54,21 @@ class Detokenizer:
             return ""
         self.prefix, self.read = self.read, len(self.ids)
         return text[len(before):]
+
+
+class Stop:
+    """A stream's own stop, which also reads its caller's: several streams of
+    one request share the caller's cancel, and one ending must not stop the
+    next."""
+
+    def __init__(self, caller: threading.Event | None = None):
+        self.caller, self.own = caller, threading.Event()
+
+    def is_set(self) -> bool:
+        return self.own.is_set() or (self.caller is not None and self.caller.is_set())
+
+    def set(self) -> None:
+        self.own.set()
 
 
 def stream(m: Loaded, ids: list[int], s: Sampling,
@@ -75,17 +92,17 @@ def stream_tokens(m: Loaded, ids: list[int], s: Sampling, cancel: threading.Even
     them (an end token included) and may carry no text. Pieces that arrive
     within UPDATE_EVERY_S of the last are joined. The tokens come from the
     model's backend (backends.py)."""
-    cancel = cancel or threading.Event()
+    cancel = Stop(cancel)
     tokens = m.backend.stream(m, ids, s, cancel)
-    text, held, last, drawn = Detokenizer(m.tokenizer), "", 0.0, []
+    text, held, last, drawn = Detokenizer(m.tokenizer, ids[-1:]), "", 0.0, []
     try:
         for token in tokens:
             drawn.append(token)
             held += text.add(token.id)
             if held and time.monotonic() - last >= UPDATE_EVERY_S:
-                yield held, list(text.ids), list(drawn)
+                yield held, [d.id for d in drawn], list(drawn)
                 held, last = "", time.monotonic()
-        yield held, list(text.ids), list(drawn)
+        yield held, [d.id for d in drawn], list(drawn)
     finally:
         cancel.set()
         tokens.close()   # out of the batch before the caller goes on

@@ -77,6 +77,9 @@ class Settings:
     # request's `spaces.GPU` call, so the engine computes on the caller's
     # thread (worker.py) and the app loads its default models at start.
     zero_gpu: bool = False
+    # TTL_API_KEY: when set, the OpenAI-compatible routes want
+    # `Authorization: Bearer <key>`.
+    api_key: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -98,6 +101,7 @@ class Settings:
             fast=env.get("TTL_FAST", "auto").strip().lower() or "auto",
             backend=backend, backends=backends,
             zero_gpu="SPACES_ZERO_GPU" in env,
+            api_key=env.get("TTL_API_KEY") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

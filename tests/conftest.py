@@ -86,8 +86,8 @@ def app_url(engine):
     import app
     demo = app.build(engine)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                theme=app.THEME, css=app.CSS, quiet=True, show_error=True)
+    app.launch(demo, engine, server_name="127.0.0.1", server_port=port,
+               prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

@@ -1,0 +1,1 @@
+"""Front ends beside the page: the OpenAI-compatible API."""
