@@ -372,10 +372,24 @@ def perplexity(engine: Engine, key: str, text: str, revision: str | None = None,
 
 
 def explain(engine: Engine, key: str, revision: str | None, prompt: list[int],
-            drawn: Sequence[Drawn]) -> list[analysis.TokenInfo]:
-    """"Why this token?" for tokens a generate request returned."""
+            drawn: Sequence) -> list[analysis.TokenInfo]:
+    """"Why this token?" for tokens a generate request returned: `drawn` as
+    `Drawn`s, or as the plain [id, prob, [[id, prob], ...]] a page keeps."""
+    spec = check_model(key, GENERATE, CHAT, LABEL_SCORE)
+    try:
+        prompt = [int(i) for i in prompt]
+        drawn = [d if isinstance(d, Drawn) else
+                 Drawn(int(d[0]), float(d[1]), tuple((int(i), float(p)) for i, p in d[2]))
+                 for d in drawn]
+        if len(prompt) + len(drawn) > spec.max_input_tokens:
+            raise ValueError
+    except (TypeError, ValueError, IndexError):
+        raise EngineError("This is not a run the engine made.", title="Nothing to explain") from None
     m = load(engine, key, revision)
-    return analysis.explain(m.tokenizer, prompt, list(drawn))
+    vocab = max(len(m.tokenizer), getattr(m.model.config, "vocab_size", 0) or 0)
+    if any(not 0 <= i < vocab for i in prompt + [d.id for d in drawn]):
+        raise EngineError("This is not a run the engine made.", title="Nothing to explain")
+    return analysis.explain(m.tokenizer, prompt, drawn)
 
 
 def decoding_speeds(engine: Engine, text: str, status: Status = _quiet) -> list[tuple]:

@@ -10,12 +10,12 @@ def test_named_endpoints(client):
 
 
 def test_generate_endpoint_returns_text_and_figures(client):
-    text, *others, figures, _ = client.predict("A lhama é", api_name="/generate")
+    text, *others, figures, _, _ = client.predict("A lhama é", api_name="/generate")
     assert text.strip() and others == ["", "", ""] and "prompt tokens" in figures
 
 
 def test_generate_endpoint_answers_an_empty_prompt_with_a_message(client):
-    *texts, figures, _ = client.predict("   ", api_name="/generate")
+    *texts, figures, _, _ = client.predict("   ", api_name="/generate")
     assert texts == ["", "", "", ""] and "Type a prompt" in figures
 
 

@@ -142,28 +142,28 @@ def test_every_figure_builds_with_the_published_numbers():
 
 def test_sorting_follows_the_metric_direction():
     mse = "Assin2 STS Score Mse"   # lower is better
-    _, df = benchmarks.pick_metric("notebooks-encoders", mse, "Best first")
+    _, df = benchmarks.benchmark_metric("notebooks-encoders", mse, "Best first")
     assert df["model"].iloc[0] == "BERTimbau-large"   # 0.359102, the lowest
-    fig, df = benchmarks.pick_metric("notebooks-decoders", "squad F1", "Best first")
+    fig, df = benchmarks.benchmark_metric("notebooks-decoders", "squad F1", "Best first")
     assert df["squad F1"].tolist()[-2:] == ["-", "-"]   # gaps last
     assert list(fig.data[0].x)[0] == "ptt5-base-portuguese-vocab"
-    _, df = benchmarks.pick_metric("harness-en", benchmarks.ALL, "Worst first")
+    _, df = benchmarks.benchmark_metric("harness-en", benchmarks.ALL, "Worst first")
     assert df["model"].iloc[0] == "Multilingual GPT"
 
 
 def test_bad_choices_get_a_message():
     with pytest.raises(gr.Error):
-        benchmarks.pick_table("no-such-table")
+        benchmarks.benchmark_table("no-such-table")
     with pytest.raises(gr.Error):
-        benchmarks.pick_metric("harness-en", "IMDB", "Best first")
+        benchmarks.benchmark_metric("harness-en", "IMDB", "Best first")
     with pytest.raises(gr.Error):
-        benchmarks.pick_metric("harness-en", "ARC", "sideways")
+        benchmarks.benchmark_metric("harness-en", "ARC", "sideways")
     with pytest.raises(gr.Error):
         benchmarks.perplexity_figure(3)
 
 
 def test_download_is_the_stored_csv():
-    path = benchmarks.pick_table("harness-pt")[-1]
+    path = benchmarks.benchmark_table("harness-pt")[-1]
     assert Path(path).read_bytes() == (ASSETS / "harness-pt.csv").read_bytes()
 
 

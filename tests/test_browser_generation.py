@@ -26,7 +26,9 @@ def test_prompt_streams_in_and_stop_stops_it(page):
 def test_two_completions_side_by_side_then_why_and_perplexity(page):
     page.get_by_label("Prompt").fill("A lhama é um animal")
     page.get_by_label("Max new tokens").first.fill("30")
-    page.get_by_role("radio", name="2").first.check()
+    page.get_by_label("Completions side by side").first.fill("2")
+    page.get_by_label("Completions side by side").first.press("Enter")
+    page.locator("#gen-output-2 textarea").wait_for(state="visible", timeout=10_000)
     page.get_by_role("button", name="Generate").click()
     page.wait_for_function(
         "() => (document.querySelector('#gen-output-2 textarea') || {value: ''}).value.length > 5",

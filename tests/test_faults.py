@@ -28,7 +28,7 @@ GEN = ["A lhama", "ttl-160m", "main", 0.2, 20, 0.2, 1.2, 8]
 
 
 def assert_still_serving(client):
-    text, *_, figures, _ = client.predict(*GEN, api_name="/generate")
+    text, *_, figures, _, _ = client.predict(*GEN, api_name="/generate")
     assert isinstance(text, str) and "prompt tokens" in figures
     assert workers_stopped(5)
 

@@ -44,14 +44,14 @@ def test_same_seed_same_text_and_completions_use_successive_seeds(engine):
     assert all(a[:3]) and a[3] == "" and len(set(a[:3])) > 1
     one = last(tab.generate(engine, "A lhama é um animal", **{**args, "seed": 6, "completions": 1}))
     assert one[0] == a[1]      # completion 2 used seed + 1
-    assert f"**{sum(len(r['ids']) for r in a[6]['runs'])}** new tokens" in a[4]
+    assert f"**{sum(len(r['ids']) for r in a[6]['completions'])}** new tokens" in a[4]
 
 
 def test_new_tokens_are_counted_from_the_generated_ids(engine, ttl):
     out = last(tab.generate(engine, "A lhama é um animal", max_new_tokens=12, greedy=True,
                             repetition_penalty=1.0))
     run = out[6]
-    ids = run["runs"][0]["ids"]
+    ids = run["completions"][0]["ids"]
     assert 0 < len(ids) <= 12 and f"**{len(ids)}** new tokens" in out[4]
     prompt = run["prompt"]   # the completion reads on from the prompt, its first space kept
     whole, before = (ttl.tokenizer.decode(x, skip_special_tokens=True) for x in (prompt + ids, prompt))
@@ -138,7 +138,7 @@ def test_perplexity_matches_the_logits(ttl):
 def test_handlers_show_why_and_perplexity(engine):
     out = last(tab.generate(engine, "A lhama", max_new_tokens=6, seed=2, completions=2))
     spans, table = tab.explain(engine, out[6], 2)
-    assert len(spans) == len(out[6]["runs"][1]["ids"]) == len(table)
+    assert len(spans) == len(out[6]["completions"][1]["ids"]) == len(table)
     assert {band for _, band in spans} <= {name for _, name, _ in tab.PROB_BANDS}
     summary, tokens = tab.perplexity(engine, "A lhama é um animal.")
     assert "Perplexity **" in summary and tokens
@@ -150,6 +150,9 @@ def test_api_generate_streams_the_same_output(client):
     final = job.result()
     assert final[0] and final[0] == final[1] and "new tokens" in final[4]
     assert len(job.outputs()) > 2
+    run = final[6]   # the run, as "Why this token?" reads it
+    assert run["model"] == "ttl-160m" and len(run["completions"]) == 2
+    assert all(0 < p <= 1 for _, p, _ in run["completions"][0]["drawn"])
 
 
 def test_a_random_seed_is_shown_and_reproduces_the_text(engine):

@@ -108,8 +108,12 @@ def tokens(text: str) -> float:
 
 
 def perplexity_figure(second: str = SECOND_AXIS[0]) -> go.Figure:
-    """Perplexity against processed tokens (the 460m run), with energy or
-    emissions on a second axis."""
+    """The published TeenyTinyLlama-460m training curve: perplexity against
+    processed tokens, with energy or emissions on a second axis (a plot).
+
+    Args:
+        second: "Energy (kWh)", "Emissions (kg CO2eq)" or "None".
+    """
     if second not in SECOND_AXIS:
         raise gr.Error(f"Second axis must be one of {', '.join(SECOND_AXIS)}.")
     df = read("ttl-460m-perplexity")
@@ -223,13 +227,26 @@ def check_table(name) -> str:
     return name
 
 
-def pick_table(name):
+def benchmark_table(name):
+    """A published benchmark table of these models, exactly as published,
+    with its metric choices, source and footnotes, plots and the CSV.
+
+    Args:
+        name: the table: "ttl-460m-perplexity", "ttl-160m-perplexity", "harness-en", "harness-pt", "finetuning", "aira-2", "notebooks-decoders", "notebooks-encoders" or "tinyllama-tweet".
+    """
     name = check_table(name)
     return (gr.Dropdown(choices=[ALL] + metrics(name), value=ALL), describe(name),
             bars_figure(name), heatmap_figure(name), as_published(name), download_path(name))
 
 
-def pick_metric(name, metric, order):
+def benchmark_metric(name, metric, order):
+    """A published table's bar chart and rows for one metric, in an order.
+
+    Args:
+        name: the table, as for benchmark_table.
+        metric: one of the table's metrics, or "All metrics (grouped)".
+        order: "As published", "Best first" or "Worst first".
+    """
     name = check_table(name)
     if metric != ALL and metric not in metrics(name):
         raise gr.Error(f"{META[name]['title']} has no metric {metric!r}.")
@@ -239,8 +256,14 @@ def pick_metric(name, metric, order):
 
 @common.engine_errors
 def measure_here(engine, text, model_key="ttl-160m", progress=gr.Progress()):
-    """Perplexity of the chosen TeenyTinyLlama on `text`, and the decoding
-    speed of every generative model loaded in this app, measured now."""
+    """Measure on this machine, now: the perplexity of a text under
+    TeenyTinyLlama, each token's surprisal, and the decoding speed of every
+    generative model loaded.
+
+    Args:
+        text: the text to score.
+        model_key: "ttl-160m" or "ttl-460m".
+    """
     if model_key not in dict((v, k) for k, v in PPL_MODELS):
         raise gr.Error(f"Perplexity is measured with {' or '.join(k for _, k in PPL_MODELS)}, "
                        f"not {model_key!r}.")
@@ -303,9 +326,9 @@ def build(engine) -> None:
                 exact = gr.Dataframe(as_published(first), interactive=False, label="As published")
                 download = gr.DownloadButton("Download CSV", download_path(first), size="sm")
         heat = gr.Plot(heatmap_figure(first), elem_id="bench-heatmap")
-        table.change(pick_table, table, [metric, about, bars, heat, exact, download],
+        table.change(benchmark_table, table, [metric, about, bars, heat, exact, download],
                      api_name="benchmark_table")
-        gr.on([metric.change, order.change], pick_metric, [table, metric, order], [bars, exact],
+        gr.on([metric.change, order.change], benchmark_metric, [table, metric, order], [bars, exact],
               api_name="benchmark_metric")
 
     with gr.Accordion("Measured here (this machine, now — not a published figure)", open=True):

@@ -184,15 +184,27 @@ def build(engine) -> None:
         lambda: ([], []), None, [bot, table], api_visibility="private")
     bot.clear(lambda: [], None, table, api_visibility="private")
 
-    def chat_api(message: str, history: list[dict] | None = None,
+    def chat(message: str, history: list[dict] | None = None,
                  temperature: float = d["temperature"], top_k: int = d["top_k"],
                  top_p: float = d["top_p"], repetition_penalty: float = d["repetition_penalty"],
                  max_new_tokens: int = d["max_new_tokens"], seed: int | None = None,
                  n: int = 1) -> str:
-        """Aira-2's answer to `message`. `history` ([{"role", "content"}, ...])
-        is sent as earlier turns; `n` > 1 answers with the best of n candidates."""
+        """Ask Aira-2 (a small Portuguese instruction-following model) a
+        question and get its answer.
+
+        Args:
+            message: the question, in Portuguese.
+            history: earlier turns as [{"role": "user" or "assistant", "content": text}], oldest first; none for a single question.
+            temperature: sampling temperature, 0.01 to 5 (the card: 0.2).
+            top_k: keep the k most likely tokens, 0 = off (the card: 30).
+            top_p: keep the most likely tokens up to this mass (the card: 0.3).
+            repetition_penalty: 1 = off (the card: 1.2).
+            max_new_tokens: the answer's length limit in tokens, 1 to 1024.
+            seed: a seed for a reproducible answer; none or -1 for a random one.
+            n: best of n: sample n answers (up to 4), rank them with RewardModelPT and drop those ToxiGuardrailPT flags.
+        """
         return answer_api(engine, message, history, temperature=temperature, top_k=top_k,
                           top_p=top_p, repetition_penalty=repetition_penalty,
                           max_new_tokens=max_new_tokens, seed=seed, n=n)
 
-    gr.api(common.on_gpu(engine, chat_api), api_name="chat", concurrency_id="chat")
+    gr.api(common.on_gpu(engine, chat), api_name="chat", concurrency_id="chat")

@@ -41,8 +41,16 @@ UPLOAD_TYPES = (".csv", ".txt")
 @common.engine_errors
 def classify(engine, text, model_key="ttl-160m-imdb", second_text="",
              progress=gr.Progress(track_tqdm=True)):
-    """Label probabilities for `text` (and `second_text` for the pair tasks:
-    AgNews title/text, FaQuAD-NLI question/answer, Assin2 premise/hypothesis)."""
+    """Classify a Portuguese text with a fine-tuned TeenyTinyLlama (movie
+    review sentiment, toxicity, news topic, answer suitability, entailment)
+    or the TinyLlama tweet-sentiment adapter. Returns each label's
+    probability and the stand-in banner.
+
+    Args:
+        text: the text (the title, question or premise for the pair tasks).
+        model_key: the classifier, e.g. "ttl-160m-imdb", "ttl-460m-hatebr", "ttl-160m-agnews", "ttl-160m-faquad-nli", "ttl-160m-assin2", "tinyllama-tweet".
+        second_text: the second text of a pair task (AgNews text, FaQuAD-NLI answer, Assin2 hypothesis); empty otherwise.
+    """
     spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
     labels = api.classify(engine, model_key, dict(zip(spec.inputs, (text, second_text))),
                           status=common.status(progress))
@@ -97,8 +105,15 @@ def read_rows(spec, file, lines) -> list[dict]:
 
 @common.engine_errors
 def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
-    """A table with label and probabilities per row (or why the row was
-    skipped), the label distribution, and the table as CSV."""
+    """Classify many texts at once: a table with the label and the
+    probabilities of each row (or why a row was skipped), the label counts,
+    the table as a CSV file and the stand-in banner.
+
+    Args:
+        file: a CSV (columns named as the classifier's inputs) or a .txt file; or none.
+        lines: one text per line when there is no file (pair tasks: a tab between the two texts).
+        model_key: the classifier, e.g. "ttl-160m-imdb" or "tinyllama-tweet".
+    """
     spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
     rows = read_rows(spec, file, lines)
     batch = api.classify_batch(

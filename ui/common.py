@@ -28,8 +28,11 @@ def on_gpu(engine: api.Engine, handler):
 
 
 def bind(fn, engine: api.Engine):
-    """A tab's handler with the engine bound (see `on_gpu`)."""
-    return on_gpu(engine, functools.partial(fn, engine))
+    """A tab's handler with the engine bound (see `on_gpu`). It keeps the
+    handler's name and docstring: they name and describe its MCP tool."""
+    bound = functools.partial(fn, engine)
+    bound.__name__, bound.__doc__ = fn.__name__, fn.__doc__
+    return on_gpu(engine, bound)
 
 
 def status(progress: gr.Progress | None):

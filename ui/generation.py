@@ -21,6 +21,7 @@ EXAMPLES = [
 ]
 MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
 MAX_COMPLETIONS = api.MAX_COMPLETIONS
+RUN_EVERY_S = 1.0
 
 # Colour classes for token probabilities and surprise, most confident first.
 PROB_BANDS = [(0.9, "p ≥ 0.9", "#22c55e"), (0.5, "p 0.5–0.9", "#a3e635"),
@@ -59,13 +60,29 @@ def figures(started, runs: list[dict]) -> str:
 def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.2,
              top_k=20, top_p=0.2, repetition_penalty=1.2, max_new_tokens=150,
              greedy=False, seed=None, completions=1, progress=gr.Progress(track_tqdm=True)):
-    """Stream `completions` continuations of `text`, one after the other
-    (seeds seed, seed+1, ...); yields the texts, the figures line, the
-    banner and the run (prompt and generated tokens) for "Why this token?"."""
+    """Continue a Portuguese text with TeenyTinyLlama, streaming 1 to 4
+    completions (completion k uses seed + k - 1). Returns the four
+    completion texts (unused ones empty), a line of figures (tokens, speed,
+    device, seeds), the stand-in banner and the run for "Why this token?".
+
+    Args:
+        text: the prompt to continue, in Portuguese.
+        model_key: "ttl-160m" or "ttl-460m".
+        revision: a training checkpoint, "main" or e.g. "step100000".
+        temperature: sampling temperature, 0.01 to 5 (the card: 0.2).
+        top_k: keep the k most likely tokens, 0 = off (the card: 20).
+        top_p: keep the most likely tokens up to this mass (the card: 0.2).
+        repetition_penalty: 1 = off (the card: 1.2).
+        max_new_tokens: tokens to generate, 1 to 1024.
+        greedy: always take the most likely token (no sampling).
+        seed: the seed of completion 1; -1 draws one (shown in the figures).
+        completions: how many completions, 1 to 4.
+    """
     if not api.check_text(text, "prompt", allow_empty=True).strip():
         gr.Warning("Type a prompt first: the model continues your text.")
         yield *[""] * MAX_COMPLETIONS, "✍️ Type a prompt to start.", gr.Markdown(visible=False), None
         return
+    completions = api.check_count(completions, MAX_COMPLETIONS, "Completions")
     events = api.generate(
         engine, model_key, text, revision, n=completions, status=common.status(progress),
         temperature=temperature, top_k=top_k, top_p=top_p,
@@ -77,8 +94,7 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
         banner = common.notice(started.notice)
         texts = [""] * MAX_COMPLETIONS
         runs: list[dict] = []
-        run = dict(key=started.key, revision=started.revision, prompt=started.prompt, runs=runs)
-        start = time.perf_counter()
+        start, shown = time.perf_counter(), 0.0   # the run goes out with the first piece
         for piece in events:
             if piece.index == len(runs):   # the next completion starts
                 runs.append(dict(ids=[], drawn=[], first=None, end=None))
@@ -87,21 +103,34 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
             r["first"] = r["first"] if r["first"] is not None else now - start
             r["ids"], r["drawn"], r["end"] = piece.ids, piece.drawn, now - start
             texts[piece.index] += piece.text
-            yield *texts, figures(started, runs), banner, run
-    yield *texts, figures(started, runs), banner, run
+            fresh = now - shown >= RUN_EVERY_S
+            shown = now if fresh else shown
+            yield (*texts, figures(started, runs), banner,
+                   run_record(started, runs) if fresh else gr.skip())
+    yield *texts, figures(started, runs), banner, run_record(started, runs)
+
+
+def run_record(started, runs: list[dict]) -> dict:
+    """What "Why this token?" needs, as plain data: the prompt's ids and each
+    generated token with the probability it was drawn with and the top of
+    that distribution. The API returns it too."""
+    return {"model": started.key, "revision": started.revision, "prompt": started.prompt,
+            "completions": [{"ids": r["ids"], "drawn": [[d.id, d.prob, [list(t) for t in d.top]]
+                                                        for d in r["drawn"]]} for r in runs]}
 
 
 @common.engine_errors
 def explain(engine, run, which=1):
     """Colour each generated token of completion `which` by its probability
     and list the top alternatives (see inference.analysis)."""
-    if not run or not run["runs"]:
+    if not isinstance(run, dict) or not run.get("completions"):
         raise gr.Error("Generate some text first.", title="Nothing to explain")
     which = api.check_count(which, MAX_COMPLETIONS, "Completions")
-    if which > len(run["runs"]):
-        raise gr.Error(f"There are only {len(run['runs'])} completions.", title="Nothing to explain")
-    infos = api.explain(engine, run["key"], run["revision"], run["prompt"],
-                        run["runs"][which - 1]["drawn"])
+    done = run["completions"]
+    if which > len(done):
+        raise gr.Error(f"There are only {len(done)} completions.", title="Nothing to explain")
+    infos = api.explain(engine, run.get("model"), run.get("revision"), run.get("prompt"),
+                        done[which - 1].get("drawn"))
     spans = [(t.text, prob_band(t.prob)) for t in infos]
     table = [[i + 1, repr(t.text), round(t.prob, 4),
               " · ".join(f"{a!r} {p:.3f}" for a, p in t.alternatives)]
@@ -112,7 +141,14 @@ def explain(engine, run, which=1):
 @common.engine_errors
 def perplexity(engine, text, model_key="ttl-160m", revision="main",
                progress=gr.Progress(track_tqdm=True)):
-    """Perplexity of `text` and each token's surprise in bits."""
+    """The perplexity of a text under TeenyTinyLlama, and each token with
+    its surprise in bits (-log2 p).
+
+    Args:
+        text: the text to score.
+        model_key: "ttl-160m" or "ttl-460m".
+        revision: a training checkpoint, "main" or e.g. "step100000".
+    """
     scored = api.perplexity(engine, model_key, text, revision, status=common.status(progress))
     p, context = scored.perplexity, REGISTRY[model_key].max_input_tokens
     cut = (f" Only the first {context} tokens were scored "
@@ -124,7 +160,9 @@ def perplexity(engine, text, model_key="ttl-160m", revision="main",
 
 def build(engine) -> None:
     d = REGISTRY["ttl-160m"].defaults
-    run_state = gr.State(None)
+    # The last run, as the API returns it too (a State output would break the
+    # endpoint as an MCP tool). Sent about once a second while streaming.
+    run_state = gr.JSON(None, visible=False)
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=4, value=EXAMPLES[0], max_length=common.MAX_TEXT_CHARS)
@@ -150,7 +188,9 @@ def build(engine) -> None:
             greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
             seed = gr.Number(-1, precision=0, minimum=-1, maximum=api.MAX_SEED,
                              label="Seed (−1 = random; completion k uses seed + k − 1)")
-            completions = gr.Radio(list(range(1, MAX_COMPLETIONS + 1)), value=1,
+            # A slider, not a Radio: Gradio's schema types a Radio of numbers
+            # as text, which API and MCP clients then cannot satisfy.
+            completions = gr.Slider(1, MAX_COMPLETIONS, 1, step=1,
                                    label="Completions side by side")
     with gr.Accordion("Why this token?", open=False):
         gr.Markdown("Each generated token coloured by the probability it had in the "
@@ -173,7 +213,7 @@ def build(engine) -> None:
 
     model.change(lambda k: gr.Dropdown(choices=list(REGISTRY[k].revisions), value="main"),
                  model, revision, api_visibility="private")
-    completions.change(lambda n: [gr.Textbox(visible=i < n) for i in range(MAX_COMPLETIONS)],
+    completions.change(lambda n: [gr.Textbox(visible=i < int(n)) for i in range(MAX_COMPLETIONS)],
                        completions, outputs, api_visibility="private")
     inputs = [prompt, model, revision, temperature, top_k, top_p, rep, max_new, greedy, seed,
               completions]
