@@ -15,6 +15,8 @@ of each completion, best-of-n), and the compute is the model's backend's.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import random
 import threading
@@ -27,7 +29,7 @@ from .errors import EngineError, ModelUnavailable, OutOfMemory
 from .engine import Engine
 from .loading import Loaded
 from .registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY, SCORE, ModelSpec, by_task
-from .sampling import MAX_NEW_TOKENS_CAP, MAX_SEED, Drawn, Sampling, for_completion
+from .sampling import MAX_NEW_TOKENS_CAP, MAX_SEED, Drawn, Sampling, for_completion  # noqa: F401 (front ends read the caps here)
 
 MAX_TEXT_CHARS = 20_000   # ~5k tokens: more than any served context holds
 MAX_COMPLETIONS = 4
@@ -109,9 +111,6 @@ def load(engine: Engine, key: str, revision: str | None = None, status: Status =
 def memory_errors(fn):
     """Running out of memory (CUDA, MPS or CPU) frees what the request held
     and becomes an `OutOfMemory`; the app keeps serving."""
-    import functools
-    import inspect
-
     def explain(exc: BaseException):
         if not faults.is_out_of_memory(exc):
             raise exc
@@ -323,7 +322,7 @@ class Batch:
 def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int], None] = None,
                    status: Status = _quiet) -> Batch:
     """Label probabilities for each row; a bad row is reported, never stops the batch."""
-    spec = check_model(key, CLASSIFY, LABEL_SCORE)
+    check_model(key, CLASSIFY, LABEL_SCORE)
     if not isinstance(rows, list) or not rows:
         raise EngineError("Upload a CSV or paste one text per line.", title="Nothing to do")
     if len(rows) > MAX_BATCH_ROWS:

@@ -24,7 +24,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import anyio
 from fastapi import APIRouter, Request
@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from inference import api
 from inference.errors import EngineError, ModelUnavailable
-from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY, by_task
+from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY
 
 MAX_BODY_BYTES = 1_000_000
 MAX_IN_FLIGHT = 16          # API requests at once; more get 503
@@ -377,12 +377,10 @@ def routes(engine) -> list:
             batch = await anyio.to_thread.run_sync(lambda: api.classify_batch(engine, key, rows))
         finally:
             slot.release()
-        tokens = 0
         data = [{"index": i, "label": max(p, key=p.get), "probs": list(p.values()),
                  "num_classes": len(p)} for i, p in enumerate(batch.results)]
         return JSONResponse({"id": f"classify-{uuid.uuid4().hex}", "object": "list",
-                             "created": int(time.time()), "model": body["model"], "data": data,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+                             "created": int(time.time()), "model": body["model"], "data": data})
 
     router.add_api_route("/v1/models", guarded(models), methods=["GET"])
     router.add_api_route("/v1/completions", guarded(completions), methods=["POST"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference import api, formats, generation
+from inference import formats, generation
 from inference.backends import Backend
 from inference.sampling import Drawn, Sampling, Scored
 from ui import benchmarks, chat, classification, generation as generation_tab

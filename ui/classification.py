@@ -174,10 +174,10 @@ def build(engine) -> None:
     model.change(relabel, model, [text, second, free], api_visibility="private")
     fn = common.bind(classify, engine)
     free_fn = common.bind(free_answer, engine)
-    for event, api in ((run.click, dict(api_name="classify")),
-                       (text.submit, dict(api_visibility="private"))):
+    for event, exposure in ((run.click, dict(api_name="classify")),
+                            (text.submit, dict(api_visibility="private"))):
         event(fn, [text, model, second], [labels, banner], concurrency_id="classify",
-              **api).success(free_fn, [text, model], free, api_visibility="private",
+              **exposure).success(free_fn, [text, model], free, api_visibility="private",
                           concurrency_id="classify")
     run_batch.click(common.bind(classify_batch, engine), [upload, lines, model],
                     [table, chart, download, banner], api_name="classify_batch",
