@@ -154,3 +154,19 @@ def test_an_api_key_is_required_when_set():
         assert openai.OpenAI(base_url=url, api_key="s3cret").models.list().data
     finally:
         demo.close()
+
+
+def test_an_api_stream_and_a_page_stream_share_decode_steps(app_url, client, engine):
+    from inference import decoder
+    d = decoder.decoder_for(engine.load("ttl-160m"))
+    seen = len(d.sizes)
+    page = client.submit("A lhama é um animal", "ttl-160m", "main", 1.0, 0, 1.0, 1.0, 300, False,
+                         1, 1, api_name="/generate")
+    body = {"model": "ttl-160m", "prompt": "A PUCRS", "max_tokens": 300, "seed": 2,
+            "temperature": 1.0, "top_p": 1.0}
+    with httpx.stream("POST", app_url + "v1/completions", json={**body, "stream": True},
+                      timeout=60) as r:
+        for _ in r.iter_lines():
+            pass
+    page.result()
+    assert max(list(d.sizes)[seen:]) >= 2   # one engine: both rows in the same steps
