@@ -215,3 +215,25 @@ def test_classify_api_takes_a_pair_and_a_classifier_key(client):
                                api_name="/classify")
     assert result["label"] in ("UNSUITABLE", "SUITABLE")
     assert abs(sum(c["confidence"] for c in result["confidences"]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "cp1252", "latin-1"])
+def test_csvs_in_the_encodings_excel_exports_are_read(tmp_path, encoding):
+    csv = tmp_path / "rows.csv"
+    csv.write_bytes("text\nAção e emoção: ótimo filme!\nPéssimo.\n".encode(encoding))
+    rows = tab.read_rows(REGISTRY["ttl-160m-imdb"], str(csv), "")
+    assert rows == [{"text": "Ação e emoção: ótimo filme!"}, {"text": "Péssimo."}]
+
+
+def test_results_csv_cells_cannot_run_as_formulas(engine, tmp_path):
+    texts = ["=HYPERLINK(\"http://x\")", "+1+1", "-2", "@SUM(A1)", "Bom filme"]
+    _, _, download, _ = tab.classify_batch(engine, None, "\n".join(texts), "ttl-160m-imdb",
+                                           progress=no_progress)
+    path = download.value["path"] if isinstance(download.value, dict) else download.value
+    saved = pd.read_csv(path, keep_default_na=False, dtype=str)
+    assert list(saved.text) == ["'" + t for t in texts[:4]] + ["Bom filme"]
+
+
+def test_pasted_lines_over_the_limit_are_refused_before_any_work(engine):
+    with pytest.raises(gr.Error, match="characters; the limit is"):
+        tab.read_rows(REGISTRY["ttl-160m-imdb"], None, "x" * (tab.MAX_UPLOAD_BYTES + 1))

@@ -3,6 +3,7 @@ TinyLlama tweet-sentiment adapter, one text at a time or in batches."""
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 
@@ -65,6 +66,28 @@ def free_answer(engine, text, model_key):
     return gr.Textbox(api.free_answer(engine, model_key, text), visible=True)
 
 
+def decoded(data: bytes) -> str:
+    """An uploaded file's text, in what Excel and other tools export: UTF-16
+    with its byte-order mark, UTF-8 (with or without one), else Windows-1252
+    (what Brazilian Excel writes), else Latin-1, which decodes any byte."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return data.decode("latin-1")
+
+
+def spreadsheet_safe(value):
+    """A cell a spreadsheet will not run as a formula (OWASP's advice on CSV
+    injection: a leading =, +, -, @, tab or carriage return gets a quote)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def read_rows(spec, file, lines) -> list[dict]:
     """Rows from an uploaded CSV (columns named as the inputs, or the first
     columns in order) or from pasted text (one row a line; pair tasks put a
@@ -77,12 +100,14 @@ def read_rows(spec, file, lines) -> list[dict]:
         if path.stat().st_size > MAX_UPLOAD_BYTES:
             raise gr.Error(f"The file is {path.stat().st_size:,} bytes; the limit is "
                            f"{MAX_UPLOAD_BYTES:,}.", title="File too large")
+        text = decoded(path.read_bytes())
         if path.suffix.lower() == ".txt":
-            return read_rows(spec, None, path.read_text(encoding="utf-8", errors="replace"))
+            return read_rows(spec, None, text)
         try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except Exception as exc:
-            raise gr.Error(f"The CSV could not be read: {exc}", title="Bad CSV") from None
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        except (ValueError, pd.errors.ParserError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise gr.Error(f"The CSV could not be read ({first}).", title="Bad CSV") from None
         cols = ([f for f in fields] if all(f in df.columns for f in fields)
                 else list(df.columns[:len(fields)]))
         if len(cols) < len(fields):
@@ -91,6 +116,9 @@ def read_rows(spec, file, lines) -> list[dict]:
     else:
         if lines is not None and not isinstance(lines, str):
             raise gr.Error("The texts must be text.")
+        if len(lines or "") > MAX_UPLOAD_BYTES:   # the page's box stops there; a client may not
+            raise gr.Error(f"The pasted texts are {len(lines):,} characters; the limit is "
+                           f"{MAX_UPLOAD_BYTES:,}.", title="Too long")
         rows = [dict(zip(fields, line.split("\t", len(fields) - 1)))
                 for line in (lines or "").splitlines()]
         while rows and not any(v.strip() for v in rows[-1].values()):
@@ -133,7 +161,7 @@ def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
     counts = (df[df.label != ""].label.value_counts().reindex(spec.labels, fill_value=0)
               .rename_axis("label").reset_index(name="rows"))
     path = Path(tempfile.mkdtemp()) / f"{model_key}-results.csv"
-    df.to_csv(path, index=False)
+    df.map(spreadsheet_safe).to_csv(path, index=False)
     return df, counts, gr.File(str(path), visible=True), common.notice(batch.notice)
 
 
