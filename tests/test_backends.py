@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,7 @@ class Scripted(Backend):
     name = "scripted"
 
     def stream(self, m, ids, s, cancel):
+        time.sleep(0.05)   # a first token that takes a while
         words = m.tokenizer("olá mundo", add_special_tokens=False)["input_ids"]
         for t in words + [m.tokenizer.eos_token_id]:
             if cancel.is_set():
@@ -98,6 +101,7 @@ def last(gen):
 def test_every_tab_runs_over_any_backend(scripted):
     texts = last(generation_tab.generate(scripted, "Oi", seed=1, progress=None))
     assert texts[0].strip() == "olá mundo" and "new tokens" in texts[4]
+    assert float(re.search(r"first token after \*\*([\d.]+) s", texts[4]).group(1)) >= 0.05
     spans, table = generation_tab.explain(scripted, texts[6])
     assert len(spans) == len(table) > 0 and [row[2] for row in table] == [0.5] * len(table)
     summary, _ = generation_tab.perplexity(scripted, "Uma frase qualquer.", progress=None)

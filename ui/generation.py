@@ -94,12 +94,14 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
         banner = common.notice(started.notice)
         texts = [""] * MAX_COMPLETIONS
         runs: list[dict] = []
-        start, shown = time.perf_counter(), 0.0   # the run goes out with the first piece
+        start = last = time.perf_counter()
+        shown = 0.0   # the run goes out with the first piece
         for piece in events:
-            if piece.index == len(runs):   # the next completion starts
+            if piece.index == len(runs):   # the next completion starts where the last ended
                 runs.append(dict(ids=[], drawn=[], first=None, end=None))
-                start = time.perf_counter()
+                start = start if piece.index == 0 else last
             r, now = runs[piece.index], time.perf_counter()
+            last = now
             r["first"] = r["first"] if r["first"] is not None else now - start
             r["ids"], r["drawn"], r["end"] = piece.ids, piece.drawn, now - start
             texts[piece.index] += piece.text
