@@ -181,7 +181,7 @@ def test_regenerate_answers_the_same_question_from_that_turn(engine):
     history = _chatbot("Oi", "Olá!", "O que é uma lhama?", "Um animal.")
     retry = chat_tab.gr.RetryData(None, {"index": 2, "value": "O que é uma lhama?"})
     *_, (shown, _, _) = chat_tab.regenerate(engine, history, False, 0.2, 30, 0.3, 1.2, 8, 4, 1,
-                                            retry, None)
+                                            "aira-2-124m", retry, None)
     assert [m["content"] for m in shown[:3]] == ["Oi", "Olá!", "O que é uma lhama?"]
     assert len(shown) == 4 and shown[3]["role"] == "assistant"
     direct = _run(engine, "O que é uma lhama?", max_new_tokens=8, seed=4)[0][-1]

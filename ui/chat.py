@@ -12,7 +12,8 @@ from inference.registry import CHAT, REGISTRY, by_task
 
 from . import common
 
-KEY = by_task(CHAT)[0].key   # the registry's chat model
+MODELS = [(s.title, s.key) for s in by_task(CHAT)]   # the registry's chat models
+KEY = MODELS[0][1]
 # The Aira-2-portuguese-124M card's widget questions.
 EXAMPLES = [
     "Você pode me explicar o que é Aprendizagem de Máquina?",
@@ -56,13 +57,13 @@ def _table(cands, best: int | None) -> list[list]:
 @common.engine_errors
 def respond(engine, message, history=None, use_history=False, temperature=0.2, top_k=30,
             top_p=0.3, repetition_penalty=1.2, max_new_tokens=200, seed=None, n=1,
-            progress=gr.Progress(track_tqdm=True)):
-    """Stream Aira's answer to `message`; yields (chat history, banner,
-    candidates table). With n > 1 each candidate streams in turn, then the
-    best one replaces them."""
+            model_key=KEY, progress=gr.Progress(track_tqdm=True)):
+    """Stream the chat model's answer to `message`; yields (chat history,
+    banner, candidates table). With n > 1 each candidate streams in turn,
+    then the best one replaces them."""
     history = _messages(history)
     earlier = history if use_history else []
-    events = api.chat(engine, KEY, earlier + [{"role": "user", "content": message}], n=n,
+    events = api.chat(engine, model_key, earlier + [{"role": "user", "content": message}], n=n,
                       status=common.status(progress), temperature=temperature, top_k=top_k,
                       top_p=top_p, repetition_penalty=repetition_penalty,
                       max_new_tokens=max_new_tokens, seed=seed)
@@ -98,7 +99,7 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
 
 
 def regenerate(engine, history, use_history, temperature, top_k, top_p, repetition_penalty,
-               max_new_tokens, seed, n, retry: gr.RetryData,
+               max_new_tokens, seed, n, model_key, retry: gr.RetryData,
                progress=gr.Progress(track_tqdm=True)):
     """The chatbot's retry: answer the same question again, from that turn."""
     history = _messages(history)
@@ -107,7 +108,7 @@ def regenerate(engine, history, use_history, temperature, top_k, top_p, repetiti
         raise gr.Error("There is no question to answer again.")
     yield from respond(engine, history[index]["content"], history[:index], use_history,
                        temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, n,
-                       progress)
+                       model_key, progress)
 
 
 def undo(history, data: gr.UndoData):
@@ -146,6 +147,7 @@ def build(engine) -> None:
                 table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
                                      elem_id="chat-candidates")
         with gr.Column(scale=2):
+            model = gr.Dropdown(MODELS, value=KEY, label="Model", visible=len(MODELS) > 1)
             use_history = gr.Checkbox(False, label="Send earlier turns too (Aira is single-turn)")
             n = gr.Slider(1, api.MAX_CANDIDATES, 1, step=1, label="Candidates (best-of-n)",
                           info="More than 1: each is scored by RewardModelPT, those "
@@ -154,7 +156,7 @@ def build(engine) -> None:
             seed = gr.Number(-1, precision=0, minimum=-1, maximum=api.MAX_SEED,
                              label="Seed (−1 = random)")
 
-    settings = [use_history, temperature, top_k, top_p, rep, max_new, seed, n]
+    settings = [use_history, temperature, top_k, top_p, rep, max_new, seed, n, model]
     outputs = [bot, banner, table]
     fn = common.bind(respond, engine)
     sent = send.click(fn, [msg, bot, *settings], outputs, api_visibility="private",
@@ -167,10 +169,11 @@ def build(engine) -> None:
     # Not a functools.partial: Gradio finds gr.RetryData by the type hints of
     # a plain function.
     def on_retry(history, use_history, temperature, top_k, top_p, repetition_penalty,
-                 max_new_tokens, seed, n, retry: gr.RetryData,
+                 max_new_tokens, seed, n, model_key, retry: gr.RetryData,
                  progress=gr.Progress(track_tqdm=True)):
         yield from regenerate(engine, history, use_history, temperature, top_k, top_p,
-                              repetition_penalty, max_new_tokens, seed, n, retry, progress)
+                              repetition_penalty, max_new_tokens, seed, n, model_key, retry,
+                              progress)
 
     retried = bot.retry(common.on_gpu(engine, on_retry), [bot, *settings], outputs,
                         api_visibility="private",
@@ -188,7 +191,7 @@ def build(engine) -> None:
                  temperature: float = d["temperature"], top_k: int = d["top_k"],
                  top_p: float = d["top_p"], repetition_penalty: float = d["repetition_penalty"],
                  max_new_tokens: int = d["max_new_tokens"], seed: int | None = None,
-                 n: int = 1) -> str:
+                 n: int = 1, model: str = KEY) -> str:
         """Ask Aira-2 (a small Portuguese instruction-following model) a
         question and get its answer.
 
@@ -202,9 +205,10 @@ def build(engine) -> None:
             max_new_tokens: the answer's length limit in tokens, 1 to 1024.
             seed: a seed for a reproducible answer; none or -1 for a random one.
             n: best of n: sample n answers (up to 4), rank them with RewardModelPT and drop those ToxiGuardrailPT flags.
+            model: the chat model (its registry key).
         """
         return answer_api(engine, message, history, temperature=temperature, top_k=top_k,
                           top_p=top_p, repetition_penalty=repetition_penalty,
-                          max_new_tokens=max_new_tokens, seed=seed, n=n)
+                          max_new_tokens=max_new_tokens, seed=seed, n=n, model_key=model)
 
     gr.api(common.on_gpu(engine, chat), api_name="chat", concurrency_id="chat")
