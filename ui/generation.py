@@ -21,7 +21,7 @@ EXAMPLES = [
 ]
 MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
 MAX_COMPLETIONS = api.MAX_COMPLETIONS
-RUN_EVERY_S = 1.0
+RUN_EVERY_S = 0.25   # how stale "Why this token?" can be mid-stream (the run is resent whole)
 
 # Colour classes for token probabilities and surprise, most confident first.
 PROB_BANDS = [(0.9, "p ≥ 0.9", "#22c55e"), (0.5, "p 0.5–0.9", "#a3e635"),
@@ -97,7 +97,8 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
         start = last = time.perf_counter()
         shown = 0.0   # the run goes out with the first piece
         for piece in events:
-            if piece.index == len(runs):   # the next completion starts where the last ended
+            begins = piece.index == len(runs)
+            if begins:   # the next completion starts where the last ended
                 runs.append(dict(ids=[], drawn=[], first=None, end=None))
                 start = start if piece.index == 0 else last
             r, now = runs[piece.index], time.perf_counter()
@@ -105,7 +106,7 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
             r["first"] = r["first"] if r["first"] is not None else now - start
             r["ids"], r["drawn"], r["end"] = piece.ids, piece.drawn, now - start
             texts[piece.index] += piece.text
-            fresh = now - shown >= RUN_EVERY_S
+            fresh = begins or now - shown >= RUN_EVERY_S   # a finished completion goes out whole
             shown = now if fresh else shown
             yield (*texts, figures(started, runs), banner,
                    run_record(started, runs) if fresh else gr.skip())
@@ -163,7 +164,8 @@ def perplexity(engine, text, model_key="ttl-160m", revision="main",
 def build(engine) -> None:
     d = REGISTRY["ttl-160m"].defaults
     # The last run, as the API returns it too (a State output would break the
-    # endpoint as an MCP tool). Sent about once a second while streaming.
+    # endpoint as an MCP tool). Sent four times a second while streaming, and
+    # whenever a completion ends.
     run_state = gr.JSON(None, visible=False)
     with gr.Row():
         with gr.Column(scale=3):
