@@ -10,6 +10,11 @@ GRADIO_SERVER_PORT), as on Hugging Face Spaces.
 
 from __future__ import annotations
 
+import importlib.util
+
+if importlib.util.find_spec("spaces"):   # ZeroGPU: `spaces` before torch touches CUDA
+    import spaces  # noqa: F401
+
 import argparse
 import logging
 
