@@ -39,6 +39,7 @@ MAX_MESSAGES = 64          # a chat's history, with the new question
 MAX_HISTORY_CHARS = 100_000
 MAX_BATCH_ROWS = 1000
 FREE_ANSWER_TOKENS = 8
+MIN_QUESTION_TOKENS = 64   # a chat's answer may not take the whole context
 
 TASK_NAMES = {GENERATE: "text-generation model", CHAT: "chat model", CLASSIFY: "classifier",
               LABEL_SCORE: "classifier", SCORE: "scorer"}
@@ -147,6 +148,9 @@ class Started:
     label: str                    # device · dtype · road · stand-in
     notice: str | None            # the banner when serving a stand-in
     context: int
+    # "Why this token?" for (ids before, drawn tokens) with this request's
+    # tokenizer, whatever the engine loads meanwhile.
+    explain: Callable[[list[int], list[Drawn]], list[analysis.TokenInfo]] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -167,10 +171,42 @@ def _drawn_seed(s: Sampling) -> Sampling:
     return s
 
 
+class Cancel:
+    """A request's cancel: `set()` stops all of it, `drop(i)` only its
+    completion i (an API choice that reached its stop string)."""
+
+    def __init__(self):
+        self._all, self._dropped = threading.Event(), set()
+
+    def set(self) -> None:
+        self._all.set()
+
+    def is_set(self) -> bool:
+        return self._all.is_set()
+
+    def drop(self, index: int) -> None:
+        self._dropped.add(index)
+
+    def of(self, index: int) -> "_One":
+        return _One(self, index)
+
+
+@dataclass(frozen=True)
+class _One:
+    request: Cancel
+    index: int
+
+    def is_set(self) -> bool:
+        return self.request.is_set() or self.index in self.request._dropped
+
+
 def _stream(m: Loaded, ids: list[int], samplings: list[Sampling],
-            cancel: threading.Event | None) -> Iterator[Piece]:
+            cancel: threading.Event | Cancel | None) -> Iterator[Piece]:
     for i, s in enumerate(samplings):
-        for text, new, drawn in generation.stream_tokens(m, ids, s, cancel):
+        stop = cancel.of(i) if isinstance(cancel, Cancel) else cancel
+        if stop is not None and stop.is_set():
+            continue
+        for text, new, drawn in generation.stream_tokens(m, ids, s, stop):
             yield Piece(i, text, new, drawn)
 
 
@@ -190,7 +226,7 @@ def generate(engine: Engine, key: str, text: str, revision: str | None = None, n
                                           keep_first=1)
     samplings = [for_completion(s, i) for i in range(n)]
     yield Started(key, m.revision, ids, dropped, samplings, m.label, m.notice,
-                  spec.max_input_tokens)
+                  spec.max_input_tokens, functools.partial(analysis.explain, m.tokenizer))
     yield from _stream(m, ids, samplings, cancel)
 
 
@@ -267,11 +303,17 @@ def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet
         messages = [{"role": "system", "content": spec.system_prompt}] + messages
     n = check_count(n, MAX_CANDIDATES, "The number of candidates")
     s = sampling(spec, settings)
+    room = spec.max_input_tokens - s.max_new_tokens
+    if room < MIN_QUESTION_TOKENS:
+        most = spec.max_input_tokens - MIN_QUESTION_TOKENS
+        raise EngineError(f"max_new_tokens {s.max_new_tokens} leaves no room for the question in "
+                          f"{spec.title}'s {spec.max_input_tokens}-token context; at most {most}.",
+                          title="Invalid setting")
     m = load(engine, key, None, status)
-    ids = formats.encode_chat(spec.prompt_format, m.tokenizer, messages,
-                              spec.max_input_tokens - s.max_new_tokens)
+    ids = formats.encode_chat(spec.prompt_format, m.tokenizer, messages, room)
     samplings = [for_completion(s, i) for i in range(n)]
-    yield Started(key, m.revision, ids, 0, samplings, m.label, m.notice, spec.max_input_tokens)
+    yield Started(key, m.revision, ids, 0, samplings, m.label, m.notice, spec.max_input_tokens,
+                  functools.partial(analysis.explain, m.tokenizer))
     texts = [""] * n
     for piece in _stream(m, ids, samplings, cancel):
         texts[piece.index] += piece.text

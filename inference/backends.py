@@ -121,13 +121,13 @@ class Transformers(Backend):
     """transformers' `generate`: a streamer hands over each token, a logits
     processor records the distribution each token was drawn from, and a stopping
     criterion ends it on cancel. Seeds use torch's global generator, so one
-    request per model runs at a time (the lock) and the seed is set inside."""
+    request runs at a time, on any model (the lock), and the seed is set
+    inside it."""
     name = "transformers"
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self._locks: dict[int, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._lock = threading.Lock()
 
     def stream(self, m, ids, s, cancel):
         from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
@@ -170,7 +170,7 @@ class Transformers(Backend):
 
         def run():
             try:
-                with self._lock(m), torch.inference_mode():
+                with self._lock, torch.inference_mode():
                     if s.seed is not None:
                         torch.manual_seed(s.seed)
                     x = torch.tensor([ids], device=m.device)
@@ -191,10 +191,6 @@ class Transformers(Backend):
         finally:
             cancel.set()
             thread.join(timeout=5)
-
-    def _lock(self, m: Loaded) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(id(m), threading.Lock())
 
 
 def end_token(m: Loaded) -> int:

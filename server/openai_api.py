@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import threading
 import time
@@ -33,6 +34,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from inference import api
 from inference.errors import EngineError, ModelUnavailable
 from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
 MAX_IN_FLIGHT = 16          # API requests at once; more get 503
@@ -87,6 +90,9 @@ def model_id(body: dict, *tasks: str) -> tuple[str, str | None]:
                        "not_found_error", "model")
     if REGISTRY[key].task not in tasks:
         raise APIError(400, f"{value!r} cannot serve this route.", param="model")
+    if revision and revision not in REGISTRY[key].revisions:
+        raise APIError(404, f"The model {value!r} does not exist: {key} has the checkpoints "
+                            f"{', '.join(REGISTRY[key].revisions)}.", "not_found_error", "model")
     return key, revision or None
 
 
@@ -95,7 +101,7 @@ def settings(body: dict, key: str) -> dict:
     out = {"max_new_tokens": body.get("max_tokens", body.get("max_completion_tokens")),
            **{name: body.get(name) for name in ("temperature", "top_p", "top_k",
                                                  "repetition_penalty", "seed")}}
-    if out["temperature"] == 0:   # OpenAI's greedy
+    if type(out["temperature"]) in (int, float) and out["temperature"] == 0:   # OpenAI's greedy
         out.update(temperature=None, do_sample=False)
     elif any(out[k] is not None for k in ("temperature", "top_p", "top_k")):
         out["do_sample"] = True
@@ -124,20 +130,30 @@ def count(body: dict, name: str, default: int, most: int) -> int:
 # -- one choice, followed token by token ---------------------------------------------
 class Choice:
     """A completion's text, held back where a stop string may be starting,
-    with its tokens' log-probabilities."""
+    and its tokens, each with its text and log-probabilities (`infos`), cut
+    where a stop string cuts the text."""
 
     def __init__(self, index: int, stop: list[str], explain: Callable, prompt: list[int]):
         self.index, self.stop, self.explain, self.prompt = index, stop, explain, prompt
-        self.text, self.sent, self.ids, self.drawn = "", 0, [], []
+        self.text, self.sent, self.ids, self.infos, self.ends = "", 0, [], [], []
+        self.reported = 0   # tokens whose log-probabilities went out
         self.finish: str | None = None
 
     def add(self, piece: api.Piece) -> None:
+        new = piece.drawn[len(self.ids):]
+        infos = self.explain(self.prompt + self.ids, new)
         self.text += piece.text
-        self.ids, self.drawn = piece.ids, piece.drawn
+        self.ids = list(piece.ids)
+        for info in infos:
+            self.infos.append(info)
+            self.ends.append((self.ends[-1] if self.ends else 0) + len(info.text))
         for s in self.stop:
             at = self.text.find(s)
             if at >= 0:
                 self.text, self.finish = self.text[:at], "stop"
+                keep = next((k + 1 for k, end in enumerate(self.ends) if end >= at), len(self.ends))
+                keep = keep if at > 0 else 0
+                self.ids, self.infos, self.ends = self.ids[:keep], self.infos[:keep], self.ends[:keep]
 
     def ready(self) -> str:
         """New text safe to send (not the start of a stop string)."""
@@ -146,16 +162,20 @@ class Choice:
         out, self.sent = self.text[self.sent:end], end
         return out
 
-    def logprobs(self, top: int, first: int = 0) -> list[dict]:
-        """Tokens first.. with their log-probabilities and the `top` likeliest."""
-        infos = self.explain(self.prompt + self.ids[:first], self.drawn[first:len(self.ids)])
-        return [{"token": t.text, "logprob": math.log(t.prob) if t.prob > 0 else -9999.0,
-                 "top_logprobs": [{"token": a, "logprob": math.log(p)}
-                                  for a, p in t.alternatives[:top]]}
-                for t in infos]
+    def logprobs(self, top: int, everything: bool = False) -> list[dict]:
+        """The tokens not yet reported whose text has been sent (all of them
+        when `everything`), with their log-probabilities and the `top` likeliest."""
+        upto = len(self.infos) if everything else \
+            sum(1 for end in self.ends if end <= self.sent)
+        out = [{"token": t.text, "logprob": math.log(t.prob) if t.prob > 0 else -9999.0,
+                "top_logprobs": [{"token": a, "logprob": math.log(p)}
+                                 for a, p in t.alternatives[:top]]}
+               for t in self.infos[self.reported:upto]]
+        self.reported = max(self.reported, upto)
+        return out
 
 
-def run(events: Iterator, choices: list[Choice], started_box: list, cancel: threading.Event,
+def run(events: Iterator, choices: list[Choice], started_box: list, cancel: api.Cancel,
         on_piece: Callable[[Choice], None] = lambda c: None) -> None:
     """Drive a request's events into its choices (on a worker thread)."""
     try:
@@ -165,11 +185,11 @@ def run(events: Iterator, choices: list[Choice], started_box: list, cancel: thre
             elif isinstance(event, api.Piece):
                 choice = choices[event.index]
                 if choice.finish:
-                    continue   # a stop string ended it: skip what it still makes
+                    continue   # a stop string ended it
                 choice.add(event)
                 on_piece(choice)
-                if all(c.finish for c in choices):
-                    cancel.set()
+                if choice.finish:
+                    cancel.drop(choice.index)   # its compute ends at the next token
     finally:
         events.close()
 
@@ -196,12 +216,14 @@ def routes(engine) -> list:
                     raise APIError(413, f"The request is over {MAX_BODY_BYTES:,} bytes.")
                 body = {}
                 if request.method == "POST":
-                    raw = await request.body()
-                    if len(raw) > MAX_BODY_BYTES:
-                        raise APIError(413, f"The request is over {MAX_BODY_BYTES:,} bytes.")
+                    raw = bytearray()
+                    async for part in request.stream():   # a chunked body is counted as it comes
+                        raw += part
+                        if len(raw) > MAX_BODY_BYTES:
+                            raise APIError(413, f"The request is over {MAX_BODY_BYTES:,} bytes.")
                     try:
                         body = json.loads(raw)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise APIError(400, "The body must be JSON.") from None
                     if not isinstance(body, dict):
                         raise APIError(400, "The body must be a JSON object.")
@@ -236,13 +258,15 @@ def routes(engine) -> list:
             raise APIError(400, "`prompt` must be a string.", param="prompt")
         n = count(body, "n", 1, api.MAX_COMPLETIONS) or 1
         top = count(body, "logprobs", 0, MAX_TOP_LOGPROBS) if body.get("logprobs") is not None else None
-        cancel = threading.Event()
+        cancel = api.Cancel()
         events = api.generate(engine, key, prompt, revision, n=n, cancel=cancel,
                               **settings(body, key))
         return await respond(request, body, slot, key, events, n, cancel, top, chat=False)
 
     async def chat_completions(request, body, slot):
         key, revision = model_id(body, GENERATE, CHAT, LABEL_SCORE)
+        if revision and revision != REGISTRY[key].revision:
+            raise APIError(400, "Chat is served at the model's main revision only.", param="model")
         if REGISTRY[key].task == GENERATE:
             raise APIError(400, f"{key!r} has no chat template: it continues text. Use "
                                 "POST /v1/completions with a prompt.", param="model")
@@ -250,7 +274,7 @@ def routes(engine) -> list:
         top = None
         if body.get("logprobs"):
             top = count(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
-        cancel = threading.Event()
+        cancel = api.Cancel()
         events = api.chat(engine, key, body.get("messages"), n=n, cancel=cancel, rank=False,
                           **settings(body, key))
         return await respond(request, body, slot, key, events, n, cancel, top, chat=True)
@@ -258,21 +282,24 @@ def routes(engine) -> list:
     async def respond(request, body, slot, key, events, n, cancel, top, chat):
         stop = stops(body)
         model = body["model"]
+        streaming = body.get("stream", False)
+        options = body.get("stream_options") or {}
+        if not isinstance(streaming, bool) or not isinstance(options, dict):
+            raise APIError(400, "`stream` must be true or false and `stream_options` an object.",
+                           param="stream")
+        include_usage = options.get("include_usage") is True
+        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
         created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         kind = "chat.completion" if chat else "text_completion"
         # The first event (validation, loading) is waited for before any
         # answer, so that a refused request gets its error status.
         started = await anyio.to_thread.run_sync(next, events)
+        choices = [Choice(i, stop, started.explain, started.prompt) for i in range(n)]
 
-        def explain(prompt, drawn):
-            return api.explain(engine, key, started.revision, prompt, drawn)
-
-        choices = [Choice(i, stop, explain, started.prompt) for i in range(n)]
-
-        def logprobs_of(c: Choice, first: int = 0):
+        def logprobs_of(c: Choice, everything: bool = False):
             if top is None:
                 return None
-            entries = c.logprobs(top, first)
+            entries = c.logprobs(top, everything)
             if chat:
                 return {"content": [{**e, "bytes": list(e["token"].encode())} for e in entries]}
             return {"tokens": [e["token"] for e in entries],
@@ -285,7 +312,7 @@ def routes(engine) -> list:
             return {"prompt_tokens": len(started.prompt), "completion_tokens": new,
                     "total_tokens": len(started.prompt) + new}
 
-        if not body.get("stream"):
+        if not streaming:
             watch = asyncio.create_task(watch_disconnect(request, cancel))
             try:
                 await anyio.to_thread.run_sync(run, events, choices, [started], cancel)
@@ -296,7 +323,7 @@ def routes(engine) -> list:
             out = []
             for c in choices:
                 c.ready()
-                item = {"index": c.index, "logprobs": logprobs_of(c), "finish_reason": c.finish}
+                item = {"index": c.index, "logprobs": logprobs_of(c, True), "finish_reason": c.finish}
                 item.update({"message": {"role": "assistant", "content": c.text}} if chat
                             else {"text": c.text})
                 out.append(item)
@@ -305,17 +332,14 @@ def routes(engine) -> list:
 
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        sent_tokens = [0] * n
-
         def chunk(c: Choice, text: str, finish=None, role=False) -> str:
-            lp = None if role else logprobs_of(c, sent_tokens[c.index])
-            sent_tokens[c.index] = len(c.ids)
+            lp = None if role else logprobs_of(c, everything=finish is not None)
             if chat:
                 delta = {"role": "assistant", "content": ""} if role else {"content": text}
                 item = {"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
             else:
                 item = {"index": c.index, "text": text, "logprobs": lp, "finish_reason": finish}
-            return "data: " + json.dumps({"id": rid, "object": f"{kind}.chunk" if chat else kind,
+            return "data: " + json.dumps({"id": rid, "object": chunk_kind,
                                           "created": created, "model": model,
                                           "choices": [item]}) + "\n\n"
 
@@ -338,26 +362,39 @@ def routes(engine) -> list:
                         yield chunk(c, "", role=True)
                 while (item := await queue.get()) is not None:
                     yield item
-                await task   # its error, if any, ends the stream
+                try:
+                    await task
+                except Exception as exc:   # after the headers: an error event, then the end
+                    error = from_engine(exc) if isinstance(exc, EngineError) else \
+                        APIError(500, "The model failed while answering; try again.", "server_error")
+                    log.warning("stream of %s ended by %s", model, type(exc).__name__)
+                    yield "data: " + json.dumps({"error": {"message": str(error), "type": error.kind,
+                                                           "param": None, "code": error.status}}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
                 finish_reasons(choices, started)
                 for c in choices:
                     yield chunk(c, c.ready(), c.finish)
-                if (body.get("stream_options") or {}).get("include_usage"):
-                    yield "data: " + json.dumps({"id": rid, "object": kind, "created": created,
+                if include_usage:
+                    yield "data: " + json.dumps({"id": rid, "object": chunk_kind, "created": created,
                                                  "model": model, "choices": [],
                                                  "usage": usage()}) + "\n\n"
                 yield "data: [DONE]\n\n"
             finally:   # a client that goes away stops the compute
                 cancel.set()
-                if not task.done():
-                    await asyncio.wait([task])
                 slot.release()
+                if not task.done():
+                    with anyio.CancelScope(shield=True):   # this task may be cancelled itself
+                        await asyncio.wait([task])
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     async def classify(request, body, slot):
         try:
-            key, _ = model_id(body, CLASSIFY, LABEL_SCORE)
+            key, revision = model_id(body, CLASSIFY, LABEL_SCORE)
+            if revision and revision != REGISTRY[key].revision:
+                raise APIError(400, "Classifiers are served at their main revision only.",
+                               param="model")
             spec = REGISTRY[key]
             items = body.get("input")
             single = isinstance(items, str) or (len(spec.inputs) > 1 and isinstance(items, list)

@@ -170,3 +170,49 @@ def test_an_api_stream_and_a_page_stream_share_decode_steps(app_url, client, eng
             pass
     page.result()
     assert max(list(d.sizes)[seen:]) >= 2   # one engine: both rows in the same steps
+
+
+def test_disconnected_streams_give_their_place_back(app_url, oai):
+    body = {"model": "ttl-160m", "prompt": "A lhama", "max_tokens": 500, "stream": True,
+            "temperature": 1.0, "seed": 1}
+    for _ in range(20):   # more than the places for API requests at once
+        with httpx.stream("POST", app_url + "v1/completions", json=body, timeout=30) as r:
+            next(line for line in r.iter_lines() if line.startswith("data: "))
+    assert workers_stopped(5)
+    assert oai.models.list().data   # not 503
+
+
+def test_stop_cuts_the_logprobs_and_usage_too_streamed_or_not(oai):
+    args = dict(model="ttl-160m", prompt="A lhama é", max_tokens=40, temperature=0, logprobs=1)
+    whole = oai.completions.create(**args).choices[0].text
+    stop = whole.split()[3]
+    r = oai.completions.create(**args, stop=stop)
+    c = r.choices[0]
+    assert "".join(c.logprobs.tokens).startswith(c.text) and stop not in "".join(c.logprobs.tokens[:-1])
+    assert r.usage.completion_tokens == len(c.logprobs.tokens)
+    chunks = list(oai.completions.create(**args, stop=stop, stream=True))
+    streamed = [t for ch in chunks if ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    assert streamed == c.logprobs.tokens
+    for ch in chunks:   # each chunk's log-probabilities are for text it or an earlier one carried
+        lp = ch.choices[0].logprobs
+        assert lp is None or len("".join(lp.tokens)) <= len(ch.choices[0].text) + len(c.text)
+
+
+@pytest.mark.parametrize("body, status, match", [
+    ({"model": "ttl-160m", "prompt": "x", "stream": "false"}, 400, "`stream` must be"),
+    ({"model": "ttl-160m", "prompt": "x", "stream": True, "stream_options": ["x"]}, 400, "stream_options"),
+    ({"model": "ttl-160m@bogus", "prompt": "x"}, 404, "has the checkpoints"),
+    ({"model": "aira-2-124m", "messages": [{"role": "user", "content": "Oi"}], "max_tokens": 1024},
+     400, "leaves no room for the question"),
+    ({"model": "aira-2-124m@step1", "messages": [{"role": "user", "content": "Oi"}]}, 404, "checkpoints"),
+])
+def test_odd_fields_get_a_clear_error_before_any_answer(app_url, body, status, match):
+    route = "v1/chat/completions" if "messages" in body else "v1/completions"
+    r = httpx.post(app_url + route, json=body, timeout=30)
+    assert r.status_code == status and match in r.json()["error"]["message"]
+
+
+def test_a_deeply_nested_body_is_refused(app_url):
+    r = httpx.post(app_url + "v1/completions", content="[" * 100_000,
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
