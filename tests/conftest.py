@@ -23,10 +23,16 @@ from inference.settings import Settings  # noqa: E402
 def pytest_sessionstart(session):
     """Every stand-in built before the first test (seconds, once per
     machine), so that no test, and no browser test's timeout, waits on one."""
+    from transformers.utils import logging as hf_logging
+
     from inference import standins
     from inference.registry import REGISTRY
-    for key in REGISTRY:
-        standins.ensure(key, root=STANDIN_DIR)
+    hf_logging.disable_progress_bar()   # a bar per saved model would fill the log
+    try:
+        for key in REGISTRY:
+            standins.ensure(key, root=STANDIN_DIR)
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 # The compute threads (inference/worker.py) of the engines the tests made.
