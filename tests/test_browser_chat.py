@@ -41,3 +41,18 @@ def test_chat_streams_regenerates_and_clears(page):
     page.wait_for_function(f"() => document.querySelectorAll(\"{BOT}\").length === 0",
                            timeout=10_000)
     assert page.locator("#chat-bot [data-testid='user']").count() == 0
+
+
+def test_markup_in_the_chat_is_shown_as_text_and_fetches_nothing(page):
+    fetched = []
+    page.on("request", lambda r: "127.0.0.9" in r.url and fetched.append(r.url))
+    page.get_by_role("tab", name="Instruction chat").click()
+    typed = 'Oi <img src="http://127.0.0.9:9/x.png"> <form><input value="x"></form> ![a](http://127.0.0.9:9/a.png)'
+    page.locator("#chat-msg textarea").fill(typed)
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function("() => document.querySelectorAll('#chat-bot .message').length >= 2",
+                           timeout=60_000)
+    bot = page.locator("#chat-bot")
+    assert bot.locator("img").count() == 0 and bot.locator("form, input").count() == 0
+    assert typed in bot.locator(".message").first.inner_text()   # shown as typed
+    assert not fetched

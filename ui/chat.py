@@ -4,6 +4,7 @@ with its authors' reward and toxicity models."""
 from __future__ import annotations
 
 import contextlib
+import html
 
 import gradio as gr
 
@@ -36,16 +37,17 @@ def _text(content) -> str | None:
     return None
 
 
-def _messages(history) -> list[dict]:
+def _messages(history, shown: bool = False) -> list[dict]:
     """Chatbot or client history as plain {"role", "content": str} messages;
-    malformed entries are dropped rather than trusted."""
+    malformed entries are dropped rather than trusted. `shown`: the
+    Chatbot's own value, whose text `_display` escaped."""
     if history is not None and not isinstance(history, list):
         raise gr.Error("The history must be a list of {role, content} messages.")
     out = []
     for msg in history or []:
         text = _text(msg.get("content")) if isinstance(msg, dict) else None
         if text is not None and msg.get("role") in ("user", "assistant"):
-            out.append({"role": msg["role"], "content": text})
+            out.append({"role": msg["role"], "content": html.unescape(text) if shown else text})
     return out
 
 
@@ -54,14 +56,33 @@ def _table(cands, best: int | None) -> list[list]:
             for i, c in enumerate(cands)]
 
 
+def _display(messages: list[dict]) -> list[dict]:
+    """Messages as the Chatbot shows them: as text. The Chatbot renders HTML
+    (its sanitiser keeps images and forms), so a typed or generated
+    `<img src=...>` would fetch from anywhere and a `<form>` would be drawn."""
+    return [{"role": m["role"], "content": html.escape(m["content"], quote=False)}
+            for m in messages]
+
+
 @common.engine_errors
 def respond(engine, message, history=None, use_history=False, temperature=0.2, top_k=30,
             top_p=0.3, repetition_penalty=1.2, max_new_tokens=200, seed=None, n=1,
             model_key=KEY, progress=gr.Progress(track_tqdm=True)):
-    """Stream the chat model's answer to `message`; yields (chat history,
-    banner, candidates table). With n > 1 each candidate streams in turn,
-    then the best one replaces them."""
-    history = _messages(history)
+    """Stream the chat model's answer to `message` into the page's Chatbot
+    (whose history holds what `_display` made); yields (chat history,
+    banner, candidates table)."""
+    for shown, banner, table in _answer(engine, message, _messages(history, shown=True),
+                                        use_history, temperature, top_k, top_p,
+                                        repetition_penalty, max_new_tokens, seed, n, model_key,
+                                        progress):
+        yield _display(shown), banner, table
+
+
+def _answer(engine, message, history, use_history, temperature, top_k, top_p,
+            repetition_penalty, max_new_tokens, seed, n, model_key, progress):
+    """The answer to `message` after `history` (plain messages), as plain
+    messages. With n > 1 each candidate streams in turn, then the best one
+    replaces them."""
     earlier = history if use_history else []
     events = api.chat(engine, model_key, earlier + [{"role": "user", "content": message}], n=n,
                       status=common.status(progress), temperature=temperature, top_k=top_k,
@@ -81,7 +102,7 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
             if isinstance(event, api.Answer):
                 break
             texts[event.index] += event.text
-            head = f"*Candidate {event.index + 1} of {n}…*\n\n" if len(texts) > 1 else ""
+            head = f"(candidate {event.index + 1} of {n}…)\n\n" if len(texts) > 1 else ""
             shown[-1]["content"] = head + texts[event.index]
             yield shown, banner(), []
     answer = event
@@ -102,29 +123,34 @@ def regenerate(engine, history, use_history, temperature, top_k, top_p, repetiti
                max_new_tokens, seed, n, model_key, retry: gr.RetryData,
                progress=gr.Progress(track_tqdm=True)):
     """The chatbot's retry: answer the same question again, from that turn."""
-    history = _messages(history)
+    history = _messages(history, shown=True)
     index = retry.index if isinstance(retry.index, int) else retry.index[0]
     if not 0 <= index < len(history) or history[index]["role"] != "user":
         raise gr.Error("There is no question to answer again.")
-    yield from respond(engine, history[index]["content"], history[:index], use_history,
-                       temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed, n,
-                       model_key, progress)
+    for shown, banner, table in common.engine_errors(_answer)(
+            engine, history[index]["content"], history[:index], use_history, temperature, top_k,
+            top_p, repetition_penalty, max_new_tokens, seed, n, model_key, progress):
+        yield _display(shown), banner, table
 
 
 def undo(history, data: gr.UndoData):
     """The chatbot's undo: drop the last exchange and put the question back."""
-    history = _messages(history)
+    history = _messages(history, shown=True)
     index = data.index if isinstance(data.index, int) else data.index[0]
     if not 0 <= index < len(history):
-        return history, ""
-    return history[:index], history[index]["content"] if history[index]["role"] == "user" else ""
+        return _display(history), ""
+    question = history[index]["content"] if history[index]["role"] == "user" else ""
+    return _display(history[:index]), question
 
 
 def answer_api(engine, message, history=None, **settings) -> str:
     """The final answer to `message` (earlier turns are used when `history` is given)."""
     shown = []
-    for shown, _, _ in respond(engine, message, history, use_history=bool(history), **settings,
-                               progress=None):
+    for shown, _, _ in common.engine_errors(_answer)(
+            engine, message, _messages(history), bool(history), settings["temperature"],
+            settings["top_k"], settings["top_p"], settings["repetition_penalty"],
+            settings["max_new_tokens"], settings["seed"], settings["n"],
+            settings.get("model_key", KEY), None):
         pass
     return shown[-1]["content"]
 
@@ -134,7 +160,8 @@ def build(engine) -> None:
     banner = gr.Markdown(visible=False, elem_classes="notice")
     with gr.Row():
         with gr.Column(scale=3):
-            bot = gr.Chatbot(label="Aira-2", height=420, elem_id="chat-bot",
+            # Plain text: what the model wrote, never markup (see _display).
+            bot = gr.Chatbot(label="Aira-2", height=420, elem_id="chat-bot", render_markdown=False,
                              buttons=["copy", "copy_all"])
             msg = gr.Textbox(label="Your question", placeholder="Pergunte algo em português…",
                              max_length=common.MAX_TEXT_CHARS, elem_id="chat-msg")
