@@ -1,7 +1,7 @@
 """Looking inside a generation: "Why this token?" and perplexity.
 
 `explain` shows, for each generated token, the distribution it was drawn
-from, as the decoder recorded it when it drew the token (decoder.Drawn):
+from, as the decoder recorded it when it drew the token (sampling.Drawn):
 the model's softmax after the repetition penalty and, when sampling,
 temperature, top-k and top-p. Nothing is computed again, so what is shown is
 what happened: a greedy token is the argmax of what is shown, and a sampled

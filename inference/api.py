@@ -6,15 +6,16 @@ Requests are put together here (prompt formats, context fitting, the seed
 of each completion, best-of-n), and the compute is the model's backend's.
 
     generate(engine, "ttl-160m", "A PUCRS é", n=2, seed=1)   -> Started, Piece, Piece, ...
-    chat(engine, "aira-2-124m", messages, n=4)                -> ChatStarted, Piece..., Answer
+    chat(engine, "aira-2-124m", messages, n=4)                -> Started, Piece..., Answer
     classify(engine, "ttl-160m-imdb", {"text": ...})          -> Labels
     classify_batch(engine, key, rows, progress)               -> Batch
-    perplexity(engine, "ttl-160m", text)                      -> Scored
+    perplexity(engine, "ttl-160m", text)                      -> TextScore
     explain(engine, key, revision, prompt, drawn)             -> [TokenInfo]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -167,7 +168,7 @@ def _drawn_seed(s: Sampling) -> Sampling:
     """A random seed drawn here, so that it can be shown and the text
     reproduced (a seed reproduces a text when the model serves it alone)."""
     if s.seed is None and s.do_sample:
-        return Sampling(**{**s.__dict__, "seed": random.randrange(MAX_SEED)})
+        return dataclasses.replace(s, seed=random.randrange(MAX_SEED))
     return s
 
 
@@ -392,7 +393,7 @@ def free_answer(engine: Engine, key: str, text: str) -> str:
 
 # -- looking inside ------------------------------------------------------------------
 @dataclass(frozen=True)
-class Scored:
+class TextScore:
     perplexity: analysis.Perplexity
     label: str
     revision: str
@@ -402,14 +403,14 @@ class Scored:
 
 @memory_errors
 def perplexity(engine: Engine, key: str, text: str, revision: str | None = None,
-               status: Status = _quiet) -> Scored:
+               status: Status = _quiet) -> TextScore:
     """The perplexity of `text` under a text-generation model, each token's
     probability and the top alternatives there."""
     spec = check_model(key, GENERATE)
     text = check_text(text, "text to score")
     m = load(engine, key, revision, status)
     ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
-    return Scored(analysis.perplexity(m, ids), m.label, m.revision, m.notice, m.is_standin)
+    return TextScore(analysis.perplexity(m, ids), m.label, m.revision, m.notice, m.is_standin)
 
 
 def explain(engine: Engine, key: str, revision: str | None, prompt: list[int],

@@ -70,8 +70,8 @@ class Backend:
         (`input_ids`, and `token_type_ids` where the model takes them),
         padded to the longest row and run as one batch."""
         def compute():
-            inputs = {}
-            for name in rows[0]:
+            inputs, mask = {}, None
+            for name in rows[0]:   # every field has the input_ids' lengths, so one mask
                 fill = (m.model.config.pad_token_id or 0) if name == "input_ids" else 0
                 inputs[name], mask = pad([r[name] for r in rows], fill, m.device)
             return m.model(**inputs, attention_mask=mask).logits.float().cpu()

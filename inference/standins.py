@@ -200,6 +200,7 @@ def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
         head[used] = keep
     index = torch.full((head.shape[0],), -1, dtype=torch.long)
     index[used] = torch.arange(len(used))
+    unused_rows = index < 0
     unused = math.log(head.shape[0] - len(used))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
@@ -216,10 +217,8 @@ def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
         loss = (log_z - picked).mean()
         loss.backward()
         with torch.no_grad():   # the unused rows stay exactly zero
-            mask = torch.ones(head.shape[0], dtype=torch.bool)
-            mask[used] = False
             if head.grad is not None:
-                head.grad[mask] = 0
+                head.grad[unused_rows] = 0
         opt.step()
         opt.zero_grad()
     model.eval()

@@ -41,6 +41,7 @@ MAX_BODY_BYTES = 1_000_000
 MAX_IN_FLIGHT = 16          # API requests at once; more get 503
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 5
+CONTEXT_TOKENS = 8
 
 
 class Slot:
@@ -141,7 +142,9 @@ class Choice:
 
     def add(self, piece: api.Piece) -> None:
         new = piece.drawn[len(self.ids):]
-        infos = self.explain(self.prompt + self.ids, new)
+        # The tokens before are context for the new ones' text (a word's
+        # space); a few are enough, and decoding them all again per piece is not.
+        infos = self.explain((self.prompt + self.ids)[-CONTEXT_TOKENS:], new)
         self.text += piece.text
         self.ids = list(piece.ids)
         for info in infos:

@@ -103,7 +103,8 @@ def test_the_160m_checkpoint_perplexities_are_those_in_the_facts():
 
 def test_the_card_copies_are_the_shared_seeds():
     if not SHARED_SEEDS.is_dir():   # a clone without the source documents beside it
-        pytest.skip(f"no source documents at {SHARED_SEEDS} (set TTL_SEEDS_DIR)")
+        pytest.skip(f"the model cards' source documents are not beside this checkout "
+                    f"({SHARED_SEEDS}); set TTL_SEEDS_DIR to compare the copies with them")
     copies = {p.read_bytes() for p in (ASSETS / "cards").glob("*.md")}
     # The .decoded.txt copy where there is one (the others are mis-encoded).
     seeds = [p for p in SHARED_SEEDS.glob("*.txt") if p.name.endswith(".decoded.txt")

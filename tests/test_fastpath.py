@@ -46,7 +46,8 @@ def test_auto_picks_a_road_this_cpu_has():
 def test_engine_serves_the_chosen_road_and_says_so(ttl, fp32):
     road = fastpath.resolve("auto")
     if road == "off":
-        pytest.skip("this CPU has neither a quantised engine nor native bf16")
+        pytest.skip("this torch build has no int8 matrix product and this CPU no native bf16: "
+                    "there is no fast road to check")
     assert f"{road} fast path" in ttl.source
     assert "fast path" not in fp32.source
     if road == "int8":   # the Linear layers now hold int8 weights
@@ -56,7 +57,7 @@ def test_engine_serves_the_chosen_road_and_says_so(ttl, fp32):
 @pytest.mark.parametrize("road", ["int8", "bf16"])
 def test_fast_roads_agree_with_fp32(fp32, road):
     if road == "int8" and not fastpath.has_int8():
-        pytest.skip("no quantised engine in this torch build")
+        pytest.skip("this torch build has no int8 matrix product (torch._int_mm): no int8 road")
     fast, taken = fastpath.apply(copy.deepcopy(fp32.model), fp32.device, road)
     assert taken == road
     f = fastpath.fidelity(fp32.model, fast, corpus_batch(fp32.tokenizer))

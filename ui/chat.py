@@ -64,7 +64,6 @@ def _display(messages: list[dict]) -> list[dict]:
             for m in messages]
 
 
-@common.engine_errors
 def respond(engine, message, history=None, use_history=False, temperature=0.2, top_k=30,
             top_p=0.3, repetition_penalty=1.2, max_new_tokens=200, seed=None, n=1,
             model_key=KEY, progress=gr.Progress(track_tqdm=True)):
@@ -78,6 +77,7 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
         yield _display(shown), banner, table
 
 
+@common.engine_errors
 def _answer(engine, message, history, use_history, temperature, top_k, top_p,
             repetition_penalty, max_new_tokens, seed, n, model_key, progress):
     """The answer to `message` after `history` (plain messages), as plain
@@ -127,7 +127,7 @@ def regenerate(engine, history, use_history, temperature, top_k, top_p, repetiti
     index = retry.index if isinstance(retry.index, int) else retry.index[0]
     if not 0 <= index < len(history) or history[index]["role"] != "user":
         raise gr.Error("There is no question to answer again.")
-    for shown, banner, table in common.engine_errors(_answer)(
+    for shown, banner, table in _answer(
             engine, history[index]["content"], history[:index], use_history, temperature, top_k,
             top_p, repetition_penalty, max_new_tokens, seed, n, model_key, progress):
         yield _display(shown), banner, table
@@ -146,7 +146,7 @@ def undo(history, data: gr.UndoData):
 def answer_api(engine, message, history=None, **settings) -> str:
     """The final answer to `message` (earlier turns are used when `history` is given)."""
     shown = []
-    for shown, _, _ in common.engine_errors(_answer)(
+    for shown, _, _ in _answer(
             engine, message, _messages(history), bool(history), settings["temperature"],
             settings["top_k"], settings["top_p"], settings["repetition_penalty"],
             settings["max_new_tokens"], settings["seed"], settings["n"],
