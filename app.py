@@ -74,8 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=list(DTYPES), help="env TTL_DTYPE (default auto)")
     p.add_argument("--backend", metavar="BACKEND",
                    help=f"what computes the models: {', '.join(BACKENDS)}, per model too: "
-                        "'local,ttl-460m=transformers' (env TTL_BACKEND; default auto: local "
-                        "on a CPU, transformers on a GPU)")
+                        "'local,ttl-460m=transformers', vLLM servers as "
+                        "'ttl-160m=vllm:http://h1:8000|http://h2:8000' (env TTL_BACKEND; "
+                        "default auto: local on a CPU, transformers on a GPU)")
     p.add_argument("--local", action="append", default=[], metavar="KEY=DIR",
                    help="load a model from a local directory (repeatable; env TTL_LOCAL_DIRS)")
     p.add_argument("--4bit", dest="load_in_4bit", action="store_true", default=None,
@@ -88,10 +89,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     local = parse_local_dirs(",".join(args.local)) if args.local else None
-    backend, backends = parse_backends(args.backend) if args.backend else (None, None)
+    backend, backends, remotes = parse_backends(args.backend) if args.backend else (None,) * 3
     settings = Settings.from_env(standin=args.standin, strict=args.strict, device=args.device,
                                  dtype=args.dtype, local_dirs=local, backend=backend,
-                                 backends=backends, load_in_4bit=args.load_in_4bit)
+                                 backends=backends, remotes=remotes, load_in_4bit=args.load_in_4bit)
     engine = Engine(settings)
     if settings.zero_gpu:
         # ZeroGPU Spaces load their models at start, outside the `spaces.GPU`

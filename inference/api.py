@@ -226,7 +226,7 @@ def generate(engine: Engine, key: str, text: str, revision: str | None = None, n
     ids, dropped = generation.fit_context(ids, spec.max_input_tokens, s.max_new_tokens,
                                           keep_first=1)
     samplings = [for_completion(s, i) for i in range(n)]
-    yield Started(key, m.revision, ids, dropped, samplings, m.label, m.notice,
+    yield Started(key, m.revision, ids, dropped, samplings, m.label, m.banner,
                   spec.max_input_tokens, functools.partial(analysis.explain, m.tokenizer))
     yield from _stream(m, ids, samplings, cancel)
 
@@ -285,8 +285,8 @@ def _scorer(engine: Engine, key: str | None, what: str, notes: list[str]) -> Loa
     except ModelUnavailable as exc:
         notes.append(f"⚠️ {exc} Chat goes on without it: {WITHOUT[what]}.")
         return None
-    if m.notice:
-        notes.append(m.notice)
+    if m.banner:
+        notes.append(m.banner)
     return m
 
 
@@ -313,7 +313,7 @@ def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet
     m = load(engine, key, None, status)
     ids = formats.encode_chat(spec.prompt_format, m.tokenizer, messages, room)
     samplings = [for_completion(s, i) for i in range(n)]
-    yield Started(key, m.revision, ids, 0, samplings, m.label, m.notice, spec.max_input_tokens,
+    yield Started(key, m.revision, ids, 0, samplings, m.label, m.banner, spec.max_input_tokens,
                   functools.partial(analysis.explain, m.tokenizer))
     texts = [""] * n
     for piece in _stream(m, ids, samplings, cancel):
@@ -352,7 +352,7 @@ def classify(engine: Engine, key: str, fields, status: Status = _quiet) -> Label
     spec = check_model(key, CLASSIFY, LABEL_SCORE)
     fields = check_fields(spec, fields)
     m = load(engine, key, None, status)
-    return Labels(classification.classify_one(m, fields), m.notice)
+    return Labels(classification.classify_one(m, fields), m.banner)
 
 
 @dataclass(frozen=True)
@@ -373,7 +373,7 @@ def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int]
                           title="Too many rows")
     m = load(engine, key, None, status)
     results = classification.classify_rows(m, rows, progress or (lambda done, total: None))
-    return Batch(results, m.notice)
+    return Batch(results, m.banner)
 
 
 @memory_errors
@@ -410,7 +410,7 @@ def perplexity(engine: Engine, key: str, text: str, revision: str | None = None,
     text = check_text(text, "text to score")
     m = load(engine, key, revision, status)
     ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
-    return TextScore(analysis.perplexity(m, ids), m.label, m.revision, m.notice, m.is_standin)
+    return TextScore(analysis.perplexity(m, ids), m.label, m.revision, m.banner, m.is_standin)
 
 
 def explain(engine: Engine, key: str, revision: str | None, prompt: list[int],
@@ -428,7 +428,7 @@ def explain(engine: Engine, key: str, revision: str | None, prompt: list[int],
     except (TypeError, ValueError, IndexError):
         raise EngineError("This is not a run the engine made.", title="Nothing to explain") from None
     m = load(engine, key, revision)
-    vocab = max(len(m.tokenizer), getattr(m.model.config, "vocab_size", 0) or 0)
+    vocab = max(len(m.tokenizer), getattr(m.config, "vocab_size", 0) or 0)
     if any(not 0 <= i < vocab for i in prompt + [d.id for d in drawn]):
         raise EngineError("This is not a run the engine made.", title="Nothing to explain")
     return analysis.explain(m.tokenizer, prompt, drawn)

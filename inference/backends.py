@@ -7,13 +7,13 @@ asks a backend for four things and nothing else:
   the top of its distribution (`sampling.Scored`);
 - `classify`: a sequence classifier's logits for given inputs.
 
-Two are here. `local` (the default on a CPU) decodes with the hand-written
+Two are here, and a third in remote.py. `local` (the default on a CPU) decodes with the hand-written
 batched decoder (decoder.py) over the CPU fast path (fastpath.py): every
 request on a model shares decode steps. `transformers` runs transformers'
 own `generate` with a streamer and logits processors, one request per model
 at a time: the reference the local decoder is tested against, and the
-default on CUDA/MPS. A remote backend (an OpenAI-compatible server) fits
-the same four calls. `Settings.backend`/`backends` chooses (TTL_BACKEND).
+default on CUDA/MPS. `vllm` (remote.py) sends the same four calls to
+OpenAI-compatible servers. `Settings.backend`/`backends` chooses (TTL_BACKEND).
 """
 
 from __future__ import annotations
@@ -33,12 +33,17 @@ from .settings import Settings
 
 class Backend:
     name = ""
+    loads_weights = True   # False: the app loads only the tokenizer and config
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
     def prepare(self, m: Loaded) -> None:
         """Make the loaded model ready for this backend (in place)."""
+
+    def status(self, m: Loaded) -> str | None:
+        """News for the model's banner (markdown), e.g. a server down."""
+        return None
 
     def stream(self, m: Loaded, ids: list[int], s: Sampling,
                cancel: threading.Event) -> Iterator[Drawn]:
@@ -72,7 +77,7 @@ class Backend:
         def compute():
             inputs, mask = {}, None
             for name in rows[0]:   # every field has the input_ids' lengths, so one mask
-                fill = (m.model.config.pad_token_id or 0) if name == "input_ids" else 0
+                fill = (m.config.pad_token_id or 0) if name == "input_ids" else 0
                 inputs[name], mask = pad([r[name] for r in rows], fill, m.device)
             return m.model(**inputs, attention_mask=mask).logits.float().cpu()
         return m.run(compute)
@@ -199,5 +204,3 @@ def end_token(m: Loaded) -> int:
     eos = eos if eos is not None else m.tokenizer.eos_token_id
     return eos[0] if isinstance(eos, (list, tuple)) else eos
 
-
-BACKENDS = {b.name: b for b in (Local, Transformers)}

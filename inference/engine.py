@@ -9,13 +9,16 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from .backends import BACKENDS, Backend
+from .backends import Backend, Local, Transformers
 from .errors import ModelUnavailable
 from .fallback import Fallback
 from .loading import Loaded, in_passing_thread, pick_device, pick_dtype
 from .registry import get_spec
+from .remote import Remote
 from .settings import Settings
 from .worker import Worker
+
+BACKENDS = {b.name: b for b in (Local, Transformers, Remote)}
 
 
 class Engine:
@@ -56,7 +59,7 @@ class Engine:
             backend = self.backend_for(key)
 
             def load() -> Loaded:
-                m = self.fallback.load(spec, revision, status)
+                m = self.fallback.load(spec, revision, status, backend.loads_weights)
                 m.backend, m.worker = backend, self.worker
                 backend.prepare(m)
                 return m

@@ -36,34 +36,40 @@ class Fallback:
         self._hub_ok: tuple[bool, float] | None = None   # (reachable, when probed)
 
     def load(self, spec: ModelSpec, revision: str,
-             status: Callable[[str], None] = lambda msg: None) -> Loaded:
+             status: Callable[[str], None] = lambda msg: None, weights: bool = True) -> Loaded:
+        """`weights` False: the tokenizer and config only (a remote backend)."""
         s = self.settings
         if s.standin:
-            return self._standin(spec, revision, status, STANDIN_ONLY.format(title=spec.title))
+            return self._standin(spec, revision, status, STANDIN_ONLY.format(title=spec.title),
+                                 weights)
         local = s.local_dirs.get(spec.key)
         try:
             if local:
                 status(f"Loading {spec.title} from its local directory…")
-                return self._from(spec, revision, local, f"directory {local}")
+                return self._from(spec, revision, local, f"directory {local}", weights)
             status(f"Downloading or loading {spec.title} ({revision}) from the Hugging Face Hub…")
-            return self._from(spec, revision, spec.hub_id, f"hub {spec.hub_id}@{revision}")
+            return self._from(spec, revision, spec.hub_id, f"hub {spec.hub_id}@{revision}",
+                              weights)
         except Exception as exc:   # any failure: report it in the tab, never crash
             reason, fix = self._explain(spec, local, exc)
             log.warning("%s could not be loaded: %s", spec.key, reason)
             if s.strict:
                 raise ModelUnavailable(f"{spec.title} could not be loaded: {reason}", fix) from exc
             return self._standin(spec, revision, status,
-                                 FELL_BACK.format(title=spec.title, reason=reason, fix=fix))
+                                 FELL_BACK.format(title=spec.title, reason=reason, fix=fix),
+                                 weights)
 
-    def _from(self, spec, revision, where, source, is_standin=False) -> Loaded:
+    def _from(self, spec, revision, where, source, weights, is_standin=False) -> Loaded:
         return from_pretrained(spec, revision, where, source, self.settings, self.device,
-                               self.dtype, self.hub_offline(), is_standin)
+                               self.dtype, self.hub_offline(), is_standin, weights)
 
-    def _standin(self, spec: ModelSpec, revision: str, status, notice: str) -> Loaded:
+    def _standin(self, spec: ModelSpec, revision: str, status, notice: str,
+                 weights: bool) -> Loaded:
         status(f"Preparing the stand-in for {spec.title} (built once, then cached)…")
         root = Path(self.settings.standin_dir) if self.settings.standin_dir else None
         path = standins.ensure(spec.key, self.settings.full_size_standins, root)
-        loaded = self._from(spec, revision, str(path), "stand-in, random weights", is_standin=True)
+        loaded = self._from(spec, revision, str(path), "stand-in, random weights", weights,
+                            is_standin=True)
         loaded.notice = notice
         return loaded
 

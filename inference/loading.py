@@ -35,7 +35,7 @@ class Loaded:
     """A model as the engine serves it."""
     spec: ModelSpec
     revision: str
-    model: torch.nn.Module
+    model: torch.nn.Module | None   # None when a remote backend holds the weights
     tokenizer: object
     source: str                  # where the weights came from, for people
     device: torch.device
@@ -44,6 +44,7 @@ class Loaded:
     is_standin: bool = False
     notice: str | None = None    # markdown for the tab's banner
     fast: str = "off"            # the CPU fast path's road (fastpath.py)
+    config: object = None        # the model's config (label maps, vocab size)
     # Set by the engine: the backend that computes it and the engine's
     # compute thread, where every forward pass runs (worker.py).
     backend: "Backend | None" = None
@@ -57,7 +58,16 @@ class Loaded:
         return self.worker.call(fn)
 
     @property
+    def banner(self) -> str | None:
+        """The tab's banner: the stand-in notice and the backend's news (a
+        server not answering)."""
+        parts = [self.notice, self.backend.status(self) if self.backend else None]
+        return "\n\n".join(p for p in parts if p) or None
+
+    @property
     def label(self) -> str:
+        if self.model is None:   # computed elsewhere: device and dtype are the servers'
+            return " · ".join([f"{self.backend.name} backend"] + ["stand-in"] * self.is_standin)
         parts = [self.device.type, str(self.dtype).removeprefix("torch.")]
         parts += ["int8 weights"] if self.fast == "int8" else []
         parts += [f"{self.backend.name} backend"] if self.backend and self.backend.name != "local" else []
@@ -142,9 +152,10 @@ def adapter_for(spec: ModelSpec, settings: Settings, where: str, is_standin: boo
 
 def from_pretrained(spec: ModelSpec, revision: str, where: str, source: str, settings: Settings,
                     device: torch.device, dtype: torch.dtype, hub_offline: bool,
-                    is_standin: bool = False) -> Loaded:
-    """`spec`'s model and tokenizer from `where` (a hub id or a directory)."""
-    from transformers import AutoTokenizer
+                    is_standin: bool = False, weights: bool = True) -> Loaded:
+    """`spec`'s model and tokenizer from `where` (a hub id or a directory);
+    without `weights`, the tokenizer and config only (a remote backend)."""
+    from transformers import AutoConfig, AutoTokenizer
     t0 = time.perf_counter()
     adapter = adapter_for(spec, settings, where, is_standin)   # a missing setting fails first
     # A directory is taken as it is; a hub id gets the revision, and no
@@ -154,6 +165,11 @@ def from_pretrained(spec: ModelSpec, revision: str, where: str, source: str, set
         faults.check_directory(model_class(spec), where)
     # trust_remote_code is never passed: only the registry's stock classes load.
     tokenizer = AutoTokenizer.from_pretrained(where, **hub)
+    if not weights:
+        return Loaded(spec=spec, revision=revision, model=None, tokenizer=tokenizer,
+                      source=source, device=device, dtype=dtype,
+                      load_seconds=time.perf_counter() - t0, is_standin=is_standin,
+                      config=AutoConfig.from_pretrained(where, **hub))
     quantized = bool(adapter) and settings.load_in_4bit and device.type == "cuda"
     model = model_class(spec).from_pretrained(
         where, **hub, **_placement_kwargs(device, dtype),
@@ -175,7 +191,7 @@ def from_pretrained(spec: ModelSpec, revision: str, where: str, source: str, set
         model.generation_config.use_cache = True
     return Loaded(spec=spec, revision=revision, model=model, tokenizer=tokenizer, source=source,
                   device=device, dtype=dtype, load_seconds=time.perf_counter() - t0,
-                  is_standin=is_standin)
+                  is_standin=is_standin, config=model.config)
 
 
 def _four_bit_kwargs(dtype: torch.dtype) -> dict:

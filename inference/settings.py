@@ -10,15 +10,19 @@ from typing import Mapping
 
 import torch
 
-from .registry import REGISTRY, get_spec
+from urllib.parse import urlparse
+
+from .registry import REGISTRY, SCORE, get_spec
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 FAST_ROADS = ("auto", "off", "int8", "bf16")   # fastpath.py
-# Which code computes a model (backends.py). auto: local on a CPU,
-# transformers on CUDA/MPS, where the local decoder has not been measured.
-BACKENDS = ("auto", "local", "transformers")
+# Which code computes a model (backends.py, remote.py). auto: local on a
+# CPU, transformers on CUDA/MPS, where the local decoder has not been
+# measured. vllm: OpenAI-compatible servers, named per model with their URLs.
+BACKENDS = ("auto", "local", "transformers", "vllm")
+REMOTE = "vllm"
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -42,14 +46,36 @@ def parse_local_dirs(text: str) -> dict[str, str]:
     return _pairs(text, "DIR")
 
 
-def parse_backends(text: str) -> tuple[str, dict[str, str]]:
+def parse_backends(text: str) -> tuple[str, dict[str, str], dict[str, tuple[str, ...]]]:
     """TTL_BACKEND: one backend for every model ('transformers'), per model
-    ('ttl-460m=transformers'), or both ('local,ttl-460m=transformers')."""
+    ('ttl-460m=transformers'), or both ('local,ttl-460m=transformers'); a
+    model's servers as 'ttl-160m=vllm:http://h1:8000|http://h2:8000'.
+    Returns the default, the backend per model and the URLs per model."""
     default = [p.strip() for p in text.split(",") if p.strip() and "=" not in p]
     per_model = _pairs(",".join(p for p in text.split(",") if "=" in p), "BACKEND")
     if len(default) > 1:
         raise ValueError(f"TTL_BACKEND names more than one default backend: {default}")
-    return (default[0] if default else "auto"), per_model
+    if default and default[0].startswith(REMOTE):
+        raise ValueError(f"A server serves one model: name it, as in "
+                         f"'ttl-160m={REMOTE}:http://host:8000', not {default[0]!r}")
+    remotes = {}
+    for key, value in per_model.items():
+        name, _, urls = value.partition(":")
+        if name == REMOTE:
+            per_model[key], remotes[key] = REMOTE, _urls(key, urls)
+    return (default[0] if default else "auto"), per_model, remotes
+
+
+def _urls(key: str, text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in text.split("|") if u.strip())
+    if not urls:
+        raise ValueError(f"{key}={REMOTE} needs its servers' URLs: "
+                         f"{key}={REMOTE}:http://host:8000|http://host2:8000")
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"{key}: {url!r} is not an http(s) URL")
+    return urls
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,7 @@ class Settings:
     fast: str = "auto"           # CPU fast path: auto | off | int8 | bf16 (fastpath.py)
     backend: str = "auto"        # every model's backend, unless named in `backends`
     backends: Mapping[str, str] = field(default_factory=dict)   # key -> backend
+    remotes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # key -> server URLs
     # A ZeroGPU Space (it sets SPACES_ZERO_GPU): the GPU exists only inside a
     # request's `spaces.GPU` call, so the engine computes on the caller's
     # thread (worker.py) and the app loads its default models at start.
@@ -85,7 +112,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Settings from the environment; `overrides` (flags) win where not None."""
         env = os.environ if env is None else env
-        backend, backends = parse_backends(env.get("TTL_BACKEND", ""))
+        backend, backends, remotes = parse_backends(env.get("TTL_BACKEND", ""))
         values = dict(
             device=env.get("TTL_DEVICE", "auto"),
             dtype=env.get("TTL_DTYPE", "auto"),
@@ -99,7 +126,7 @@ class Settings:
                       if s.adapter_setting and env.get(s.adapter_setting, "").strip()},
             load_in_4bit=_flag(env, "TTL_4BIT"),
             fast=env.get("TTL_FAST", "auto").strip().lower() or "auto",
-            backend=backend, backends=backends,
+            backend=backend, backends=backends, remotes=remotes,
             zero_gpu="SPACES_ZERO_GPU" in env,
             api_key=env.get("TTL_API_KEY") or None,
         )
@@ -111,12 +138,19 @@ class Settings:
                               ("fast", FAST_ROADS), ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.backend == REMOTE:
+            raise ValueError(f"Name the model a {REMOTE} backend serves: KEY={REMOTE}:URL")
         for key, name in self.backends.items():
             if name not in BACKENDS:
                 raise ValueError(f"backend for {key} must be one of {BACKENDS}, got {name!r}")
+            if name == REMOTE and key not in self.remotes:
+                raise ValueError(f"{key}={REMOTE} needs its servers' URLs: {key}={REMOTE}:URL")
+            if name == REMOTE and REGISTRY[key].task == SCORE:
+                # vLLM's /classify takes token ids without the pair's segment ids.
+                raise ValueError(f"{key} is a scorer of text pairs; it computes locally")
 
     def backend_for(self, key: str, device: torch.device) -> str:
-        """The backend that computes `key` on `device` ('local' or 'transformers')."""
+        """The backend that computes `key` on `device` (a name in BACKENDS)."""
         name = self.backends.get(key, self.backend)
         if name == "auto":
             return "local" if device.type == "cpu" else "transformers"

@@ -30,9 +30,11 @@ from transformers import (AutoConfig, AutoModelForCausalLM,
 from .registry import CLASSIFY, SCORE, REGISTRY, ModelSpec
 
 CORPUS = Path(__file__).with_name("standin_corpus.txt")
-VERSION = "v4"  # bump when the stand-ins change, so caches rebuild
+VERSION = "v5"  # bump when the stand-ins change, so caches rebuild
 
-# Configs: the published fields of each shape; "tiny" overrides only sizes.
+# Configs: the published fields of each shape; "tiny" overrides only sizes,
+# keeping heads of 32 dimensions where vLLM serves them in the tests (the
+# real ones have 64; vLLM's CPU attention takes 32 and up).
 _LLAMA_COMMON = dict(
     model_type="llama", hidden_act="silu", rms_norm_eps=1e-05,
     rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
@@ -46,16 +48,17 @@ SHAPES = {
         config=dict(_TTL, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                     num_attention_heads=12, num_key_value_heads=12),
         tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=4)),
+                  num_attention_heads=2, num_key_value_heads=2)),
     "ttl-460m": dict(
         config=dict(_TTL, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                     num_attention_heads=16, num_key_value_heads=16),
         tiny=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=4)),
+                  num_attention_heads=3, num_key_value_heads=3)),
     "tinyllama-1.1b": dict(
         config=dict(_LLAMA_COMMON, hidden_size=2048, intermediate_size=5632,
                     num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
                     tokenizer="llama2"),
+        # 16-dimension heads: GQA at 64 wide (vLLM serves it only full-size).
         tiny=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)),
     "aira-124m": dict(
@@ -63,13 +66,13 @@ SHAPES = {
                     n_inner=None, activation_function="gelu_new", vocab_size=50261,
                     tie_word_embeddings=True, bos_token_id=50257, eos_token_id=50258,
                     pad_token_id=50260, use_cache=False, tokenizer="aira"),
-        tiny=dict(n_embd=64, n_layer=2, n_head=4)),
+        tiny=dict(n_embd=64, n_layer=2, n_head=2)),
     "bert-base": dict(
         config=dict(model_type="bert", hidden_size=768, num_hidden_layers=12,
                     num_attention_heads=12, intermediate_size=3072,
                     max_position_embeddings=512, type_vocab_size=2, vocab_size=29794,
                     pad_token_id=0, num_labels=1, tokenizer="bert"),
-        tiny=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        tiny=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=128)),
 }
 
@@ -114,14 +117,33 @@ def _train_bpe(specials: list[str], vocab_size: int, byte_level: bool) -> dict:
     return {"vocab": model["vocab"], "merges": merges}
 
 
+# Each tokenizer holds as many entries as its configs' vocab_size (Aira's
+# four added tokens come after GPT-2's 50257), as the real ones do: servers
+# such as vLLM decode any id the model can emit. The ids past what the corpus
+# trains are fillers no text encodes to.
+TOKENIZER_SIZES = {"ttl": 32000, "llama2": 32000, "aira": 50257, "bert": 29794}
+FILLER = {"bert": "[unused{}]"}   # BERT's own name for them; the BPEs': <unused{}>
+
+
+def _filled(vocab: dict[str, int], kind: str) -> dict[str, int]:
+    name = FILLER.get(kind, "<unused{}>")
+    start = max(vocab.values()) + 1
+    return {**vocab, **{name.format(i): i for i in range(start, TOKENIZER_SIZES[kind])}}
+
+
+def is_filler(token: str) -> bool:
+    return token.startswith(("<unused", "[unused"))
+
+
 @functools.cache
 def _tokenizer_files(kind: str) -> dict:
-    return {
+    files = {
         "ttl": lambda: _train_bpe(TTL_SPECIALS, 2000, byte_level=False),
         "llama2": lambda: _train_bpe(TTL_SPECIALS[:3], 2000, byte_level=False),
         "aira": lambda: _train_bpe(["<|endoftext|>"], 1500, byte_level=True),
         "bert": _train_wordpiece,
     }[kind]()
+    return {**files, "vocab": _filled(dict(files["vocab"]), kind)}
 
 
 def build_tokenizer(kind: str):
@@ -185,14 +207,15 @@ def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
     """A few steps on the corpus so that output distributions are not flat
     and sampled text is made of real tokens.
 
-    The tokenizers know ~2,000 of the configs' 32,000 (or 50,261) ids. The
-    output rows of the ids they never produce are set to zero, so those
+    The tokenizers produce ~2,000 of the configs' 32,000 (or 50,261) ids;
+    the rest are fillers (`is_filler`). The output rows of the ids they
+    never produce are set to zero, so those
     logits are exactly 0, and the loss is the full softmax written with that
     fact (the zero logits enter as one term, n * e^0): the same objective at
     a sixteenth of the cost, which is what makes a build take seconds."""
     g = torch.Generator().manual_seed(seed)
     data = torch.tensor(_training_text(spec, tok))
-    used = torch.tensor(sorted(set(tok.get_vocab().values())))
+    used = torch.tensor(sorted(i for t, i in tok.get_vocab().items() if not is_filler(t)))
     head = model.get_output_embeddings().weight
     with torch.no_grad():
         keep = head[used].clone()
@@ -285,9 +308,17 @@ def default_dir(full_size: bool = False, root: str | Path | None = None) -> Path
 def ensure(key: str, full_size: bool = False, root: Path | None = None) -> Path:
     """The directory of `key`'s stand-in, building it on first use."""
     out = default_dir(full_size, root) / key
-    if not (out / "config.json").exists():
+    if not _current(out / "config.json"):
+        shutil.rmtree(out, ignore_errors=True)   # an older version's: build again
         build(REGISTRY[key], out, full_size=full_size)
     return out
+
+
+def _current(config: Path) -> bool:
+    try:
+        return json.loads(config.read_text())["standin"]["version"] == VERSION
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,14 +54,15 @@ def main() -> None:
 
     import app
     from inference.engine import Engine
-from inference.settings import Settings
+    from inference.settings import Settings
     from playwright.sync_api import sync_playwright
     from tests.conftest import free_port
 
-    demo = app.build(Engine(Settings(standin=True)))
+    engine = Engine(Settings(standin=True))
+    demo = app.build(engine)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                theme=app.THEME, css=app.CSS, quiet=True)
+    app.launch(demo, engine, server_name="127.0.0.1", server_port=port,
+               prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)

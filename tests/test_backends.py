@@ -135,6 +135,24 @@ def test_backend_is_chosen_per_model():
     auto = Settings()
     assert auto.backend_for("ttl-160m", cpu) == "local" and auto.backend_for("ttl-160m", gpu) == "transformers"
     with pytest.raises(ValueError, match="backend must be one of"):
-        Settings.from_env({"TTL_BACKEND": "vllm"})
+        Settings.from_env({"TTL_BACKEND": "llamacpp"})
+
+
+def test_a_models_servers_are_named_with_their_urls():
+    from inference.settings import Settings
+    s = Settings.from_env({"TTL_BACKEND": "ttl-160m=vllm:http://h1:8000|http://h2:8000/,"
+                                          "ttl-160m-imdb=vllm:https://pool.example"})
+    assert s.backend_for("ttl-160m", torch.device("cpu")) == "vllm"
+    assert s.remotes == {"ttl-160m": ("http://h1:8000", "http://h2:8000/"),
+                         "ttl-160m-imdb": ("https://pool.example",)}
+    assert s.backend_for("ttl-460m", torch.device("cpu")) == "local"
+    for wrong, message in [("vllm", "A server serves one model"),
+                           ("vllm:http://h:8000", "A server serves one model"),
+                           ("ttl-160m=vllm", "needs its servers' URLs"),
+                           ("ttl-160m=vllm:", "needs its servers' URLs"),
+                           ("ttl-160m=vllm:h1:8000", "is not an http"),
+                           ("reward-pt=vllm:http://h:8000", "computes locally")]:
+        with pytest.raises(ValueError, match=message):
+            Settings.from_env({"TTL_BACKEND": wrong})
     with pytest.raises(KeyError, match="Unknown model"):
         Settings.from_env({"TTL_BACKEND": "no-such=local"})

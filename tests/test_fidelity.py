@@ -64,11 +64,20 @@ def test_why_this_token_after_a_long_prompt_matches_fp32_and_never_shows_zero(se
     ids = prompt + new
     with torch.inference_mode():
         logits = ref.model(torch.tensor([ids])).logits[0].float()
+    compared = 0
     for i, token in enumerate(shown):   # fp32's distribution, processed as the decoder does
         row = penalised(logits[len(prompt) - 1 + i], torch.tensor(ids[:len(prompt) + i]), 1.2)
+        # Where the mass before a candidate is within the bound of top_p, a
+        # difference smaller than the bound decides whether it is kept, and
+        # renormalising then moves every probability a lot: not comparable.
+        unfiltered = torch.softmax(row.topk(s.top_k).values / s.temperature, -1)
+        if ((unfiltered.cumsum(-1) - unfiltered - s.top_p).abs() < BOUND[road]).any():
+            continue
         cand, probs = candidates(row, s)
         expected = float(probs[cand == token.id].sum())
         assert token.prob == pytest.approx(expected, abs=BOUND[road])
+        compared += 1
+    assert compared >= len(shown) // 2
 
 
 @pytest.mark.parametrize("road", ["int8", "bf16"])

@@ -1,0 +1,173 @@
+"""The vllm backend against real vLLM servers (scripts/vllm_check.sh starts
+them): generation, chat, classification, perplexity and "Why this token?"
+computed by vLLM agree with the app's own fp32 compute; a cancel ends the
+server's work; a replica going down and coming back; servers all down are
+an error, never a stand-in."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from urllib.request import urlopen
+
+import pytest
+import torch
+
+from conftest import STANDIN_DIR, engine_for_tests, free_port, wait_until
+from inference import api, remote
+from inference.errors import ModelUnavailable
+from inference.sampling import candidates, penalised
+from vllm_servers import Server
+
+pytestmark = pytest.mark.vllm
+PYTHON = os.environ.get("TTL_VLLM_PYTHON")
+PROMPT = "A PUCRS é uma universidade"
+
+
+@pytest.fixture(scope="module")
+def servers():
+    if not PYTHON:
+        pytest.skip("no vLLM here: scripts/vllm_check.sh installs it and runs these tests")
+    ours = {"a": Server("ttl-160m", STANDIN_DIR / "ttl-160m", free_port()),
+            "b": Server("ttl-160m", STANDIN_DIR / "ttl-160m", free_port()),
+            "imdb": Server("ttl-160m-imdb", STANDIN_DIR / "ttl-160m-imdb", free_port(), pooling=True),
+            "aira": Server("aira-2-124m", STANDIN_DIR / "aira-2-124m", free_port())}
+    try:
+        for s in ours.values():
+            s.start(PYTHON)
+        for s in ours.values():
+            s.wait()
+        yield ours
+    finally:
+        for s in ours.values():
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def far(servers):
+    """The app's engine with the models computed by the servers."""
+    remotes = {"ttl-160m": (servers["a"].url, servers["b"].url),
+               "ttl-160m-imdb": (servers["imdb"].url,), "aira-2-124m": (servers["aira"].url,)}
+    return engine_for_tests(backends={k: "vllm" for k in remotes}, remotes=remotes)
+
+
+@pytest.fixture(scope="module")
+def near():
+    """The same models computed here in fp32, as the servers do."""
+    return engine_for_tests(fast="off")
+
+
+def last(events):
+    return list(events)[-1]
+
+
+def test_greedy_generation_is_the_local_text_with_the_same_probabilities(far, near):
+    args = dict(do_sample=False, max_new_tokens=40)
+    started, *_ = api.generate(far, "ttl-160m", PROMPT, **args)
+    assert started.label == "vllm backend · stand-in"
+    got, want = last(api.generate(far, "ttl-160m", PROMPT, **args)), \
+        last(api.generate(near, "ttl-160m", PROMPT, **args))
+    assert got.ids == want.ids and len(got.ids) > 5
+    for a, b in zip(got.drawn, want.drawn):
+        assert a.prob == pytest.approx(b.prob, abs=1e-4)
+        assert [i for i, _ in a.top] == [i for i, _ in b.top]
+
+
+def test_sampled_tokens_show_the_distribution_they_were_drawn_from_and_seeds_repeat(far, near):
+    args = dict(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=30, seed=5)
+    started, *_, piece = api.generate(far, "ttl-160m", PROMPT, **args)
+    assert last(api.generate(far, "ttl-160m", PROMPT, **args)).ids == piece.ids
+    m = near.load("ttl-160m")
+    ids = started.prompt + piece.ids
+    with torch.inference_mode():
+        logits = m.model(torch.tensor([ids])).logits[0].float()
+    s = started.samplings[0]
+    for i, d in enumerate(piece.drawn):   # fp32's distribution, processed as the app does
+        row = penalised(logits[len(started.prompt) - 1 + i],
+                        torch.tensor(ids[:len(started.prompt) + i]), s.repetition_penalty)
+        cand, probs = candidates(row, s)
+        assert d.prob == pytest.approx(float(probs[cand == d.id].sum()), abs=1e-4)
+    shown = started.explain(started.prompt, piece.drawn)
+    assert all(t.prob > 0 for t in shown) and "".join(t.text for t in shown).strip()
+
+
+def test_perplexity_comes_from_prompt_logprobs(far, near):
+    text = "A lhama é um animal da América do Sul, parente do camelo."
+    got, want = api.perplexity(far, "ttl-160m", text), api.perplexity(near, "ttl-160m", text)
+    assert got.perplexity.value == pytest.approx(want.perplexity.value, rel=1e-4)
+    for a, b in zip(got.perplexity.tokens, want.perplexity.tokens):
+        assert (a.id, a.text) == (b.id, b.text) and a.prob == pytest.approx(b.prob, abs=1e-5)
+        assert [t for t, _ in a.alternatives] == [t for t, _ in b.alternatives]
+
+
+def test_chat_with_aira_is_the_local_answer(far, near):
+    messages = [{"role": "user", "content": "O que é uma lhama?"}]
+    args = dict(do_sample=False, max_new_tokens=40)
+    got, want = last(api.chat(far, "aira-2-124m", messages, **args)), \
+        last(api.chat(near, "aira-2-124m", messages, **args))
+    assert got.text == want.text
+
+
+def test_classification_through_vllms_classify(far, near):
+    text = {"text": "Um filme lindo, com atores ótimos."}
+    got, want = api.classify(far, "ttl-160m-imdb", text), api.classify(near, "ttl-160m-imdb", text)
+    assert got.probs.keys() == want.probs.keys()
+    for label in want.probs:
+        assert got.probs[label] == pytest.approx(want.probs[label], abs=1e-4)
+    rows = [{"text": "Péssimo."}, {"text": ""}, {"text": "Ótimo filme!"}]
+    batch = api.classify_batch(far, "ttl-160m-imdb", rows)
+    assert batch.results[1] == "empty text" and set(batch.results[2]) == set(want.probs)
+
+
+def running(server: Server) -> float:
+    with urlopen(f"{server.url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$",
+                                            text, re.M))
+
+
+def test_a_cancel_ends_the_servers_work(far, servers):
+    cancel = threading.Event()
+    events = api.generate(far, "ttl-160m", PROMPT, max_new_tokens=1024, do_sample=False,
+                          repetition_penalty=1.0, cancel=cancel)
+    next(events), next(events)   # started, and the first piece: the server is generating
+    assert running(servers["a"]) + running(servers["b"]) == 1
+    cancel.set()
+    list(events)
+    assert wait_until(lambda: running(servers["a"]) + running(servers["b"]) == 0, 2.0)
+
+
+def served(server: Server) -> float:
+    with urlopen(f"{server.url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$",
+                                            text, re.M))
+
+
+def test_a_replica_going_down_and_coming_back(far, servers):
+    b = servers["b"]
+    m = far.load("ttl-160m")
+    b.stop()
+    for _ in range(4):   # each request is served: a refused connection moves it to a
+        assert last(api.generate(far, "ttl-160m", PROMPT, max_new_tokens=8)).ids
+    assert "1 of 2 servers of TeenyTinyLlama-160m is not answering" in m.banner
+    b.start(PYTHON).wait()   # a new process: its counters start at 0
+    pool = far.backends["vllm"].pools["ttl-160m"]
+    assert wait_until(lambda: pool.status() == (2, 2), remote.HEALTH_EVERY_S + 5)
+    assert m.banner == m.notice   # the stand-in notice alone again
+    threads = [threading.Thread(target=lambda: list(api.generate(
+        far, "ttl-160m", PROMPT, max_new_tokens=64, do_sample=False))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert served(b) > 0   # requests in flight at a went to b
+
+
+def test_servers_all_down_are_an_error_not_a_stand_in():
+    dead = f"http://127.0.0.1:{free_port()}"
+    e = engine_for_tests(backends={"ttl-460m": "vllm"}, remotes={"ttl-460m": (dead,)})
+    with pytest.raises(ModelUnavailable, match="TeenyTinyLlama-460m's server is not answering"):
+        list(api.generate(e, "ttl-460m", PROMPT))
+    assert not e.loaded()
