@@ -66,7 +66,7 @@ def perplexity(m: Loaded, ids: list[int]) -> Perplexity:
     a text longer than the context is scored on its first window."""
     if len(ids) < 2:
         raise EngineError("The text needs at least one token to score.", title="Nothing to score")
-    room = m.spec.max_input_tokens
+    room = m.spec.max_input_tokens - m.backend.scoring_room
     ids, dropped = ids[:room], max(len(ids) - room, 0)
     scored = m.backend.prompt_logprobs(m, [ids], top=TOP_ALTERNATIVES)[0]
     texts = token_texts(m.tokenizer, ids, 1)

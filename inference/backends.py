@@ -34,6 +34,7 @@ from .settings import Settings
 class Backend:
     name = ""
     loads_weights = True   # False: the app loads only the tokenizer and config
+    scoring_room = 0       # context a `prompt_logprobs` text must leave free
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -44,7 +44,8 @@ def label_logprobs(m: Loaded, text: str) -> dict[str, float]:
     shared = 0
     while all(len(s) > shared + 1 and s[shared] == seqs[0][shared] for s in seqs):
         shared += 1
-    cut = max(0, max(map(len, seqs)) - m.spec.max_input_tokens)   # keep the end
+    room = m.spec.max_input_tokens - m.backend.scoring_room
+    cut = max(0, max(map(len, seqs)) - room)   # keep the end
     seqs = [s[cut:] for s in seqs]
     shared -= cut
     scored = m.backend.prompt_logprobs(m, seqs, top=0)   # position p scores token p + 1

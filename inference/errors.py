@@ -27,6 +27,12 @@ class ModelUnavailable(EngineError):
         self.reason, self.fix = reason, fix
 
 
+class ServerError(EngineError):
+    """A server that computes a model (remote.py) failed or timed out; the
+    request itself was fine."""
+    title = "Server error"
+
+
 class OutOfMemory(EngineError):
     title = "Out of memory"
 

@@ -53,7 +53,9 @@ class Fallback:
         except Exception as exc:   # any failure: report it in the tab, never crash
             reason, fix = self._explain(spec, local, exc)
             log.warning("%s could not be loaded: %s", spec.key, reason)
-            if s.strict:
+            # Without weights a server computes the model: a stand-in's
+            # tokenizer would garble its text.
+            if s.strict or not weights:
                 raise ModelUnavailable(f"{spec.title} could not be loaded: {reason}", fix) from exc
             return self._standin(spec, revision, status,
                                  FELL_BACK.format(title=spec.title, reason=reason, fix=fix),

@@ -157,7 +157,8 @@ def from_pretrained(spec: ModelSpec, revision: str, where: str, source: str, set
     without `weights`, the tokenizer and config only (a remote backend)."""
     from transformers import AutoConfig, AutoTokenizer
     t0 = time.perf_counter()
-    adapter = adapter_for(spec, settings, where, is_standin)   # a missing setting fails first
+    # A missing adapter setting fails first; a remote server holds its own adapter.
+    adapter = adapter_for(spec, settings, where, is_standin) if weights else None
     # A directory is taken as it is; a hub id gets the revision, and no
     # network round-trips when the hub is out of reach (cache only).
     hub = {} if Path(where).is_dir() else {"revision": revision, "local_files_only": hub_offline}

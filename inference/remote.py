@@ -38,7 +38,7 @@ import httpx
 import torch
 
 from .backends import Backend
-from .errors import EngineError, ModelUnavailable
+from .errors import EngineError, ModelUnavailable, ServerError
 from .loading import Loaded
 from .sampling import TOP_ALTERNATIVES, Drawn, Scored
 from .settings import Settings
@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 5.0
 TIMEOUT = httpx.Timeout(connect=3.0, read=60.0, write=10.0, pool=10.0)   # read: between two tokens
+# Shorter than the servers' own keep-alive (uvicorn's 5 s), so that the app
+# never sends on a connection the server is closing.
+KEEPALIVE_S = 3.0
+MIN_VLLM = (0, 32)   # /classify's use_activation, processed logprobs
 PROBE_TEXT = "A PUCRS é uma universidade 😊 em Porto Alegre."   # tokenizers must agree on it
 
 
@@ -64,7 +68,7 @@ class Pool:
     many requests each has in flight."""
 
     def __init__(self, urls: Sequence[str], client: httpx.Client):
-        self.replicas = [Replica(u.rstrip("/")) for u in urls]
+        self.replicas = [Replica(u.rstrip("/").removesuffix("/v1")) for u in urls]
         self.client = client
         self._lock = threading.Lock()
 
@@ -96,7 +100,11 @@ class Pool:
     @contextmanager
     def replica(self, names: Sequence[str], title: str) -> Iterator[tuple[Replica, str]]:
         """The replica to send a request to (fewest in flight), counted as
-        busy while the caller uses it."""
+        busy while the caller uses it. With none up, they are asked again
+        first: one refused connection must not fail every request until the
+        next health check."""
+        if not self.up(names):
+            self.check_all()
         with self._lock:
             choices = self.up(names)
             if not choices:
@@ -132,60 +140,78 @@ def served_names(m: Loaded) -> list[str]:
 class Remote(Backend):
     name = "vllm"
     loads_weights = False   # the servers hold them; the app keeps the tokenizer
+    scoring_room = 1        # vLLM wants room for one new token after a scored text
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.client = httpx.Client(timeout=TIMEOUT, limits=httpx.Limits(max_connections=256))
+        self.client = httpx.Client(timeout=TIMEOUT, limits=httpx.Limits(
+            max_connections=256, keepalive_expiry=KEEPALIVE_S))
         self.pools = {key: Pool(urls, self.client) for key, urls in settings.remotes.items()}
         self._watcher: threading.Thread | None = None
+        self._watcher_lock = threading.Lock()
 
     # -- replicas -----------------------------------------------------------
     def _watch(self) -> None:
         """Check every replica every HEALTH_EVERY_S, from the first use on."""
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._health_loop, name="vllm-health",
-                                             daemon=True)
-            self._watcher.start()
+        with self._watcher_lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._health_loop, name="vllm-health",
+                                                 daemon=True)
+                self._watcher.start()
 
     def _health_loop(self) -> None:
         while True:
             time.sleep(HEALTH_EVERY_S)
             for pool in self.pools.values():
-                pool.check_all()
+                try:
+                    pool.check_all()
+                except Exception:   # the loop must outlive any surprise
+                    log.exception("health check failed")
 
     @contextmanager
-    def _send(self, m: Loaded, method: str, path: str, body: dict) -> Iterator[httpx.Response]:
+    def _send(self, m: Loaded, method: str, path: str,
+              body: dict | None) -> Iterator[httpx.Response]:
         """A streamed response to `body` (its "model" filled in) from a
         replica of `m`; a replica that cannot be connected to is marked down
         and the next one tried. Error statuses become EngineErrors."""
         pool = self.pools[m.spec.key]
-        for _ in range(len(pool.replicas)):
+        for _ in range(len(pool.replicas) + 1):
             with pool.replica(served_names(m), m.spec.title) as (replica, name):
+                answered = False   # after the caller has the response, nothing is retried
                 try:
-                    with self.client.stream(method, replica.url + path,
-                                            json={**body, "model": name}) as response:
+                    payload = None if body is None else {**body, "model": name}
+                    with self.client.stream(method, replica.url + path, json=payload) as response:
                         if response.status_code >= 400:
                             response.read()
                             raise server_error(m, response)
+                        answered = True
                         yield response
                         return
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    if answered:
+                        raise
                     log.warning("replica %s refused a request: %s", replica.url, exc)
                     replica.up = False
                 except httpx.TimeoutException:
-                    raise EngineError(f"{m.spec.title}'s server did not answer within "
-                                      f"{TIMEOUT.read:.0f} s.", title="Server timeout") from None
+                    raise ServerError(f"{m.spec.title}'s server did not answer in time "
+                                      f"({TIMEOUT.read:.0f} s).") from None
                 except httpx.HTTPError as exc:
+                    if not answered:   # e.g. a connection closed as it was reused: try again
+                        log.warning("replica %s failed a request: %s", replica.url, exc)
+                        continue
                     log.warning("replica %s failed mid-request: %s", replica.url, exc)
                     replica.up = False
-                    raise EngineError(f"{m.spec.title}'s server stopped answering in the middle "
-                                      "of the request; try again.", title="Server error") from None
+                    raise Lost(f"{m.spec.title}'s server stopped answering in the middle "
+                                      "of the request; try again.") from None
         raise unavailable(m.spec.title, pool)
 
-    def _post(self, m: Loaded, path: str, body: dict) -> dict:
+    def _post(self, m: Loaded, path: str, body: dict, read=lambda reply: reply):
+        """`read(reply)` of the JSON reply to `body`; a reply not of the
+        expected shape is an error for people, not a KeyError."""
         with self._send(m, "POST", path, body) as response:
             response.read()
-            return response.json()
+            with unexpected(m):
+                return read(response.json())
 
     # -- the Backend calls ------------------------------------------------------
     def prepare(self, m: Loaded) -> None:
@@ -196,23 +222,54 @@ class Remote(Backend):
         pool.check_all()
         if not pool.up(served_names(m)):
             raise unavailable(m.spec.title, pool)
-        theirs = self._post(m, "/tokenize", {"prompt": PROBE_TEXT, "add_special_tokens": False})
-        if theirs.get("tokens") != m.tokenizer.encode(PROBE_TEXT, add_special_tokens=False):
+        version = self._send_get(m, "/version").get("version", "")
+        if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < MIN_VLLM:
+            raise ModelUnavailable(
+                f"The server for {m.spec.title} runs vLLM {version or 'of an unknown version'}.",
+                f"The app needs vLLM {'.'.join(map(str, MIN_VLLM))} or later.")
+        theirs = self._post(m, "/tokenize", {"prompt": PROBE_TEXT, "add_special_tokens": False},
+                            lambda reply: reply["tokens"])
+        if theirs != m.tokenizer.encode(PROBE_TEXT, add_special_tokens=False):
             raise ModelUnavailable(
                 f"The server for {m.spec.title} serves a model with another tokenizer.",
                 "Serve the same model (or stand-in) the app loads its tokenizer from.")
         up, total = pool.status()
         m.source += f", served by vLLM ({total} replica{'s' * (total > 1)})"
 
+    def _send_get(self, m: Loaded, path: str) -> dict:
+        with self._send(m, "GET", path, None) as response:
+            response.read()
+            with unexpected(m):
+                return dict(response.json())
+
     def status(self, m: Loaded) -> str | None:
         up, total = self.pools[m.spec.key].status()
         if up == total:
             return None
-        return (f"⚠️ {total - up} of {total} servers of {m.spec.title} "
-                f"{'is' if total - up == 1 else 'are'} not answering; the others serve meanwhile.")
+        down = f"{total - up} of {total} servers of {m.spec.title} {'is' if total - up == 1 else 'are'}"
+        return f"⚠️ {down} not answering" + ("; the others serve meanwhile." if up else ".")
 
     def stream(self, m, ids, s, cancel):
-        body = {"prompt": ids, "max_tokens": s.max_new_tokens, "stream": True,
+        """The tokens from one replica; when it is lost mid-answer, the
+        answer goes on at another, from the tokens so far (a greedy answer
+        is the same; a sampled one goes on with fresh draws)."""
+        new: list[int] = []
+        for _ in range(len(self.pools[m.spec.key].replicas)):
+            try:
+                for token in self._stream(m, ids + new, s, s.max_new_tokens - len(new), cancel):
+                    new.append(token.id)
+                    yield token
+                return
+            except Lost:
+                if len(new) >= s.max_new_tokens or cancel.is_set():
+                    return
+                log.warning("%s: a replica was lost after %d tokens; going on at another",
+                            m.spec.key, len(new))
+        raise ServerError(f"{m.spec.title}'s servers stopped answering in the middle of the "
+                          "request; try again.")
+
+    def _stream(self, m, ids, s, max_tokens, cancel):
+        body = {"prompt": ids, "max_tokens": max_tokens, "stream": True,
                 "logprobs": TOP_ALTERNATIVES, "return_tokens_as_token_ids": True,
                 "return_token_ids": True, "repetition_penalty": s.repetition_penalty,
                 "temperature": 0.0}
@@ -223,34 +280,56 @@ class Remote(Backend):
             for line in response.iter_lines():
                 if cancel.is_set():
                     return   # leaving closes the connection: vLLM aborts the request
-                if not line.startswith("data:") or line == "data: [DONE]":
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
                     continue
-                event = json.loads(line[5:])
-                if "error" in event:
-                    raise EngineError(f"{m.spec.title}'s server failed: "
-                                      f"{event['error'].get('message', 'no reason given')}",
-                                      title="Server error")
-                yield from _drawn(event["choices"][0])
+                with unexpected(m):
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        log.warning("%s's server failed mid-stream: %s", m.spec.key, event["error"])
+                        raise ServerError(f"{m.spec.title}'s server failed; try again.")
+                    tokens = list(_drawn(event["choices"][0]))
+                yield from tokens
 
     def prompt_logprobs(self, m, rows, top):
-        reply = self._post(m, "/v1/completions", {
+        def read(reply):
+            out = [None] * len(rows)
+            for choice in reply["choices"]:
+                row = rows[choice["index"]]
+                out[choice["index"]] = [_scored(t, choice["prompt_logprobs"][i], top)
+                                        for i, t in enumerate(row[1:], start=1)]
+            return out
+        return self._post(m, "/v1/completions", {
             "prompt": [list(r) for r in rows], "max_tokens": 1, "temperature": 0.0,
-            "prompt_logprobs": top})
-        out = [None] * len(rows)
-        for choice in reply["choices"]:
-            row = rows[choice["index"]]
-            out[choice["index"]] = [_scored(t, choice["prompt_logprobs"][i], top)
-                                    for i, t in enumerate(row[1:], start=1)]
-        return out
+            "prompt_logprobs": top}, read)
 
     def classify(self, m, rows):
         if any(set(r) != {"input_ids"} for r in rows):
             raise EngineError(f"{m.spec.title} takes text pairs, which the remote backend "
                               "does not send; serve it locally.")
-        reply = self._post(m, "/classify", {"input": [r["input_ids"] for r in rows],
-                                            "use_activation": False})
-        data = sorted(reply["data"], key=lambda d: d["index"])
-        return torch.tensor([d["probs"] for d in data], dtype=torch.float32)
+        def read(reply):
+            logits = [d["probs"] for d in sorted(reply["data"], key=lambda d: d["index"])]
+            if any(len(row) != len(m.spec.labels) for row in logits):
+                raise ValueError("not this model's labels")
+            return torch.tensor(logits, dtype=torch.float32)
+        return self._post(m, "/classify", {"input": [r["input_ids"] for r in rows],
+                                           "use_activation": False}, read)
+
+
+@contextmanager
+def unexpected(m: Loaded) -> Iterator[None]:
+    """A reply not of the shape asked for (another server, another version)."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        log.warning("%s's server sent an unexpected reply: %r", m.spec.key, exc)
+        raise ServerError(f"{m.spec.title}'s server sent a reply the app does not "
+                          "understand.") from None
+
+
+class Lost(ServerError):
+    """A replica that stopped answering in the middle of a reply."""
 
 
 def _id(token: str) -> int:
@@ -287,5 +366,4 @@ def server_error(m: Loaded, response: httpx.Response) -> EngineError:
     if response.status_code < 500:
         return EngineError(f"{m.spec.title}'s server refused the request: {message}")
     log.warning("%s's server failed (%s): %s", m.spec.key, response.status_code, message)
-    return EngineError(f"{m.spec.title}'s server failed ({response.status_code}); try again.",
-                       title="Server error")
+    return ServerError(f"{m.spec.title}'s server failed ({response.status_code}); try again.")

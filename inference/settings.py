@@ -73,7 +73,11 @@ def _urls(key: str, text: str) -> tuple[str, ...]:
                          f"{key}={REMOTE}:http://host:8000|http://host2:8000")
     for url in urls:
         parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        try:
+            parsed.port   # a port that is not a number raises here
+        except ValueError:
+            parsed = None
+        if not parsed or parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"{key}: {url!r} is not an http(s) URL")
     return urls
 

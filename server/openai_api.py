@@ -32,7 +32,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from inference import api
-from inference.errors import EngineError, ModelUnavailable
+from inference.errors import EngineError, ModelUnavailable, ServerError
 from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ def from_engine(exc: EngineError) -> APIError:
         return APIError(413, str(exc))
     if isinstance(exc, ModelUnavailable):
         return APIError(503, str(exc), "service_unavailable")
+    if isinstance(exc, ServerError):
+        return APIError(502, str(exc), "server_error")
     return APIError(400, str(exc))
 
 

@@ -151,6 +151,7 @@ def test_a_models_servers_are_named_with_their_urls():
                            ("ttl-160m=vllm", "needs its servers' URLs"),
                            ("ttl-160m=vllm:", "needs its servers' URLs"),
                            ("ttl-160m=vllm:h1:8000", "is not an http"),
+                           ("ttl-160m=vllm:http://h1:port", "is not an http"),
                            ("reward-pt=vllm:http://h:8000", "computes locally")]:
         with pytest.raises(ValueError, match=message):
             Settings.from_env({"TTL_BACKEND": wrong})

@@ -1,8 +1,8 @@
 """The vllm backend against real vLLM servers (scripts/vllm_check.sh starts
 them): generation, chat, classification, perplexity and "Why this token?"
 computed by vLLM agree with the app's own fp32 compute; a cancel ends the
-server's work; a replica going down and coming back; servers all down are
-an error, never a stand-in."""
+server's work; a replica lost mid-answer (the answer goes on elsewhere) and
+coming back; servers all down are an error, never a stand-in."""
 
 from __future__ import annotations
 
@@ -101,6 +101,15 @@ def test_perplexity_comes_from_prompt_logprobs(far, near):
         assert [t for t, _ in a.alternatives] == [t for t, _ in b.alternatives]
 
 
+def test_a_text_longer_than_the_context_is_scored_on_what_the_server_takes(far, near):
+    text = " ".join(["A lhama é um animal da América do Sul."] * 300)   # ~3,300 tokens
+    got = api.perplexity(far, "ttl-160m", text).perplexity
+    want = api.perplexity(near, "ttl-160m", text).perplexity
+    assert got.dropped > 0 and len(got.tokens) == len(want.tokens) - 1   # one left for vLLM
+    for a, b in zip(got.tokens, want.tokens):
+        assert a.id == b.id and a.prob == pytest.approx(b.prob, abs=1e-4)
+
+
 def test_chat_with_aira_is_the_local_answer(far, near):
     messages = [{"role": "user", "content": "O que é uma lhama?"}]
     args = dict(do_sample=False, max_new_tokens=40)
@@ -145,24 +154,38 @@ def served(server: Server) -> float:
                                             text, re.M))
 
 
-def test_a_replica_going_down_and_coming_back(far, servers):
-    b = servers["b"]
+def test_a_replica_lost_mid_answer_and_coming_back(far, near, servers):
     m = far.load("ttl-160m")
-    b.stop()
-    for _ in range(4):   # each request is served: a refused connection moves it to a
-        assert last(api.generate(far, "ttl-160m", PROMPT, max_new_tokens=8)).ids
+    args = dict(max_new_tokens=300, do_sample=False)
+    want = last(api.generate(near, "ttl-160m", PROMPT, **args)).ids
+    events = api.generate(far, "ttl-160m", PROMPT, **args)
+    next(events), next(events)   # started, and the first piece
+    serving = [s for s in (servers["a"], servers["b"]) if running(s)]
+    assert len(serving) == 1
+    lost = serving[0]
+    lost.stop()   # mid-answer: the answer goes on at the other replica, unchanged
+    assert last(events).ids == want
     assert "1 of 2 servers of TeenyTinyLlama-160m is not answering" in m.banner
-    b.start(PYTHON).wait()   # a new process: its counters start at 0
+
+    lost.start(PYTHON).wait()   # a new process: its counters start at 0
     pool = far.backends["vllm"].pools["ttl-160m"]
     assert wait_until(lambda: pool.status() == (2, 2), remote.HEALTH_EVERY_S + 5)
     assert m.banner == m.notice   # the stand-in notice alone again
-    threads = [threading.Thread(target=lambda: list(api.generate(
-        far, "ttl-160m", PROMPT, max_new_tokens=64, do_sample=False))) for _ in range(4)]
+    texts, errors = [], []
+
+    def ask():
+        try:
+            texts.append(last(api.generate(far, "ttl-160m", PROMPT, max_new_tokens=64,
+                                           do_sample=False)).ids)
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=ask) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert served(b) > 0   # requests in flight at a went to b
+    assert not errors and len(texts) == 4 and all(texts)
+    assert served(lost) > 0   # it takes requests again
 
 
 def test_servers_all_down_are_an_error_not_a_stand_in():
