@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -276,19 +277,26 @@ class Remote(Backend):
         if s.do_sample:
             body.update(temperature=s.temperature, top_k=s.top_k or -1, top_p=s.top_p,
                         seed=s.seed)
-        with self._send(m, "POST", "/v1/completions", body) as response:
-            for line in response.iter_lines():
-                if cancel.is_set():
-                    return   # leaving closes the connection: vLLM aborts the request
-                if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                    continue
-                with unexpected(m):
-                    event = json.loads(line[5:])
-                    if "error" in event:
-                        log.warning("%s's server failed mid-stream: %s", m.spec.key, event["error"])
-                        raise ServerError(f"{m.spec.title}'s server failed; try again.")
-                    tokens = list(_drawn(event["choices"][0]))
-                yield from tokens
+        with self._send(m, "POST", "/v1/completions", body) as response, \
+                hang_up_on(cancel, response):
+            try:
+                for line in response.iter_lines():
+                    if cancel.is_set():
+                        return   # leaving closes the connection: vLLM aborts the request
+                    if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                        continue
+                    with unexpected(m):
+                        event = json.loads(line[5:])
+                        if "error" in event:
+                            log.warning("%s's server failed mid-stream: %s", m.spec.key,
+                                        event["error"])
+                            raise ServerError(f"{m.spec.title}'s server failed; try again.")
+                        tokens = list(_drawn(event["choices"][0]))
+                    yield from tokens
+            except httpx.HTTPError:
+                if cancel.is_set():   # hung up by hang_up_on: not the server's fault
+                    return
+                raise
 
     def prompt_logprobs(self, m, rows, top):
         def read(reply):
@@ -326,6 +334,31 @@ def unexpected(m: Loaded) -> Iterator[None]:
         log.warning("%s's server sent an unexpected reply: %r", m.spec.key, exc)
         raise ServerError(f"{m.spec.title}'s server sent a reply the app does not "
                           "understand.") from None
+
+
+@contextmanager
+def hang_up_on(cancel, response: httpx.Response) -> Iterator[None]:
+    """Close the connection as soon as `cancel` is set, even while the reader
+    waits for a token that has not come (a request in vLLM's queue, or a
+    long prefill): vLLM drops a request whose connection is closed. A shut
+    socket wakes a blocked read; a closed one would not."""
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.05):
+            if cancel.is_set():
+                stream = response.extensions.get("network_stream")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    with suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                return
+    watcher = threading.Thread(target=watch, name="vllm-hang-up", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 class Lost(ServerError):
