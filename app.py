@@ -19,12 +19,14 @@ import argparse
 import logging
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from inference.engine import Engine
 from inference.settings import BACKENDS, DEVICES, DTYPES, Settings, parse_backends, parse_local_dirs
 from inference.registry import DEFAULT_KEYS
 from server import openai_api
-from ui import benchmarks, chat, classification, generation
+from server.limits import BodyLimit, PublicEventsOnly, public_events
+from ui import benchmarks, chat, classification, common, generation
 from ui.theme import CSS, THEME
 
 TABS = [("Text generation", generation), ("Instruction chat", chat),
@@ -37,7 +39,9 @@ STANDIN_BANNER = (
 
 
 def build(engine: Engine) -> gr.Blocks:
-    with gr.Blocks(title="TeenyTinyLlama Playground") as demo:
+    # Uploads and the files Gradio serves are deleted after FILES_KEPT_S.
+    keep = common.FILES_KEPT_S
+    with gr.Blocks(title="TeenyTinyLlama Playground", delete_cache=(keep, keep)) as demo:
         gr.Markdown("# 🦙 TeenyTinyLlama Playground\nSmall Brazilian-Portuguese language "
                     "models — TeenyTinyLlama, Aira-2 and a TinyLlama tweet-sentiment adapter — "
                     "next to their published benchmarks.")
@@ -52,16 +56,24 @@ def build(engine: Engine) -> gr.Blocks:
     return demo
 
 
+# Sessions whose per-session state Gradio keeps (~260 KB each), the oldest
+# let go first: Gradio's default of 10,000 is 2.6 GB on a 16 GB Space.
+SESSIONS_KEPT = 1000
+
+
 def launch(demo: gr.Blocks, engine: Engine, **kwargs):
     """The page, its Gradio API and MCP tools (/gradio_api/mcp/), and the
     OpenAI-compatible routes (/v1/...) on one port, over one engine. The
-    routes are handed to the FastAPI app Gradio makes, so Gradio's own
-    settings (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT, --share) still apply.
-    show_error: an API client sending a wrong type (refused by a component
-    before any handler runs) is told why, not just "Error"."""
-    return demo.launch(theme=THEME, css=CSS, max_file_size="5mb", show_error=True,
-                       mcp_server=True, app_kwargs={"routes": openai_api.routes(engine)},
-                       **kwargs)
+    routes and the body limit are handed to the FastAPI app Gradio makes,
+    so Gradio's own settings (GRADIO_SERVER_NAME, GRADIO_SERVER_PORT,
+    --share) still apply. show_error: an API client sending a wrong type
+    (refused by a component before any handler runs) is told why, not just
+    "Error"."""
+    app_kwargs = {"routes": openai_api.routes(engine), "middleware": [
+        Middleware(BodyLimit), Middleware(PublicEventsOnly, public=public_events(demo))]}
+    return demo.launch(**{"theme": THEME, "css": CSS, "max_file_size": "5mb",
+                          "show_error": True, "mcp_server": True, "app_kwargs": app_kwargs,
+                          "state_session_capacity": SESSIONS_KEPT, **kwargs})
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -21,6 +21,7 @@ import inspect
 import math
 import random
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ TOXICITY_THRESHOLD = bestofn.TOXICITY_THRESHOLD
 MAX_MESSAGES = 64          # a chat's history, with the new question
 MAX_HISTORY_CHARS = 100_000
 MAX_BATCH_ROWS = 1000
+MAX_BATCH_SECONDS = 120    # a batch's rows after this are reported, not classified
 FREE_ANSWER_TOKENS = 8
 MIN_QUESTION_TOKENS = 64   # a chat's answer may not take the whole context
 
@@ -363,8 +365,11 @@ class Batch:
 
 @memory_errors
 def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int], None] = None,
-                   status: Status = _quiet) -> Batch:
-    """Label probabilities for each row; a bad row is reported, never stops the batch."""
+                   status: Status = _quiet, cancel=None) -> Batch:
+    """Label probabilities for each row; a bad row is reported, never stops
+    the batch. A cancel (anything with `is_set()`), or MAX_BATCH_SECONDS
+    passing, ends it between two chunks of rows; the rows left say why they
+    were not classified."""
     check_model(key, CLASSIFY, LABEL_SCORE)
     if not isinstance(rows, list) or not rows:
         raise EngineError("Upload a CSV or paste one text per line.", title="Nothing to do")
@@ -372,7 +377,15 @@ def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int]
         raise EngineError(f"{len(rows):,} rows; the limit is {MAX_BATCH_ROWS:,}.",
                           title="Too many rows")
     m = load(engine, key, None, status)
-    results = classification.classify_rows(m, rows, progress or (lambda done, total: None))
+    deadline = time.monotonic() + MAX_BATCH_SECONDS
+
+    def stop() -> str | None:
+        if cancel is not None and cancel.is_set():
+            return "not classified: the batch was stopped"
+        if time.monotonic() > deadline:
+            return f"not classified: the batch's time limit ({MAX_BATCH_SECONDS} s) was reached"
+        return None
+    results = classification.classify_rows(m, rows, progress or (lambda done, total: None), stop)
     return Batch(results, m.banner)
 
 

@@ -96,12 +96,19 @@ def row_error(m: Loaded, fields: Mapping[str, str]) -> str | None:
 
 def classify_rows(m: Loaded, rows: Sequence[Mapping[str, str]],
                   progress: Callable[[int, int], None] = lambda done, total: None,
+                  stop: Callable[[], str | None] = lambda: None,
                   ) -> list[dict[str, float] | str]:
     """Label probabilities for each row, or the reason the row was skipped.
-    Bad rows are reported, never abort the batch; good rows run in chunks."""
+    Bad rows are reported, never abort the batch; good rows run in chunks.
+    `stop()` is asked before each chunk: a reason ends the batch there, and
+    the rows left get it."""
     out: list[dict[str, float] | str] = [row_error(m, r) or "" for r in rows]
     good = [i for i, err in enumerate(out) if not err]
     for start in range(0, len(good), BATCH_CHUNK):
+        if why := stop():
+            for i in good[start:]:
+                out[i] = why
+            break
         idx = good[start:start + BATCH_CHUNK]
         for i, p in zip(idx, classify_chunk(m, [rows[i] for i in idx])):
             out[i] = p

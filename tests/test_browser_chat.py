@@ -1,20 +1,35 @@
 """The chat tab in headless Chromium: ask, watch the answer stream in,
 regenerate it, clear the chat."""
 
+import time
+
 import pytest
+
+from inference import decoder
 
 pytestmark = pytest.mark.browser
 
 BOT = "#chat-bot [data-testid='bot']"
-# The Aira stand-in answers this in ~47 tokens: long enough to be seen growing.
 QUESTION = "Quem foi Santos Dumont?"
+
+
+@pytest.fixture
+def slow_aira(monkeypatch):
+    """Aira's stand-in slowed to ~20 tokens/s: its answers are a line or
+    two, over before a page can see one grow at full speed."""
+    forward = decoder.FORWARDS["gpt2"]
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return forward(*args, **kwargs)
+    monkeypatch.setitem(decoder.FORWARDS, "gpt2", slow)
 
 
 def bot_text(page) -> str:
     return page.locator(BOT).last.inner_text()
 
 
-def test_chat_streams_regenerates_and_clears(page):
+def test_chat_streams_regenerates_and_clears(page, slow_aira):
     page.get_by_role("tab", name="Instruction chat").click()
     page.locator("#chat-msg textarea").fill(QUESTION)
     page.get_by_role("button", name="Send", exact=True).click()

@@ -125,12 +125,17 @@ def test_free_generation_answer_is_the_greedy_continuation_of_the_chat_prompt(en
     assert expected and api.free_answer(engine, "tinyllama-tweet", "Great game tonight!") == expected
 
 
+def batch_of(engine, *args):
+    """The batch handler's final outputs (it yields nothing else while a
+    batch this small runs)."""
+    return list(tab.classify_batch(engine, *args, progress=no_progress))[-1]
+
+
 def test_a_batch_with_bad_rows_completes(engine, tmp_path):
     csv = tmp_path / "rows.csv"
     pd.DataFrame({"text": ["Adorei o filme.", "", "x" * 20_001, "Péssimo."]}).to_csv(
         csv, index=False)
-    df, counts, download, _ = tab.classify_batch(engine, str(csv), "", "ttl-160m-imdb",
-                                                 progress=no_progress)
+    df, counts, download, _ = batch_of(engine, str(csv), "", "ttl-160m-imdb")
     assert list(df.row) == [1, 2, 3, 4]
     assert df.error[1] == "empty text" and "too long" in df.error[2]
     good = df[df.error == ""]
@@ -227,8 +232,7 @@ def test_csvs_in_the_encodings_excel_exports_are_read(tmp_path, encoding):
 
 def test_results_csv_cells_cannot_run_as_formulas(engine, tmp_path):
     texts = ["=HYPERLINK(\"http://x\")", "+1+1", "-2", "@SUM(A1)", "Bom filme"]
-    _, _, download, _ = tab.classify_batch(engine, None, "\n".join(texts), "ttl-160m-imdb",
-                                           progress=no_progress)
+    _, _, download, _ = batch_of(engine, None, "\n".join(texts), "ttl-160m-imdb")
     path = download.value["path"] if isinstance(download.value, dict) else download.value
     saved = pd.read_csv(path, keep_default_na=False, dtype=str)
     assert list(saved.text) == ["'" + t for t in texts[:4]] + ["Bom filme"]

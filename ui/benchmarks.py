@@ -76,7 +76,7 @@ def ordered(name: str, df: pd.DataFrame, metric: str, order: str) -> pd.DataFram
     """Rows as published, or best/worst first on `metric` (its direction
     from tables.json); gaps go last."""
     if order not in ORDERS:
-        raise gr.Error(f"Order must be one of {', '.join(ORDERS)}.")
+        raise common.refused(f"Order must be one of {', '.join(ORDERS)}.")
     if order == ORDERS[0]:
         return df
     best_first = (META[name]["directions"][metric] == "higher") == (order == ORDERS[1])
@@ -115,7 +115,7 @@ def perplexity_figure(second: str = SECOND_AXIS[0]) -> go.Figure:
         second: "Energy (kWh)", "Emissions (kg CO2eq)" or "None".
     """
     if second not in SECOND_AXIS:
-        raise gr.Error(f"Second axis must be one of {', '.join(SECOND_AXIS)}.")
+        raise common.refused(f"Second axis must be one of {', '.join(SECOND_AXIS)}.")
     df = read("ttl-460m-perplexity")
     x = df["Processed Tokens"].map(tokens)
     fig = go.Figure()
@@ -159,7 +159,7 @@ def bars_figure(name: str, metric: str = ALL, order: str = ORDERS[0]) -> go.Figu
     project's own models in colour, the others in grey."""
     t, df = META[name], read(name)
     if metric != ALL and metric not in t["directions"]:
-        raise gr.Error(f"{t['title']} has no metric {metric!r}.")
+        raise common.refused(f"{t['title']} has no metric {metric!r}.")
     own = set(t["highlight"])
     df = ordered(name, df, sort_key(name, metric), order)
     fig = go.Figure()
@@ -222,8 +222,8 @@ def all_figures() -> list[go.Figure]:
 # -- handlers -----------------------------------------------------------------
 def check_table(name) -> str:
     if name not in dict((v, k) for k, v in COMPARISONS):
-        raise gr.Error(f"Unknown table {name!r}. Choose one of: "
-                       f"{', '.join(v for _, v in COMPARISONS)}.")
+        raise common.refused(f"Unknown table {name!r}. Choose one of: "
+                             f"{', '.join(v for _, v in COMPARISONS)}.")
     return name
 
 
@@ -249,7 +249,7 @@ def benchmark_metric(name, metric, order):
     """
     name = check_table(name)
     if metric != ALL and metric not in metrics(name):
-        raise gr.Error(f"{META[name]['title']} has no metric {metric!r}.")
+        raise common.refused(f"{META[name]['title']} has no metric {metric!r}.")
     rows = ordered(name, read(name), sort_key(name, metric), order).index
     return bars_figure(name, metric, order), as_published(name).loc[rows]
 
@@ -265,8 +265,8 @@ def measure_here(engine, text, model_key="ttl-160m", progress=gr.Progress()):
         model_key: "ttl-160m" or "ttl-460m".
     """
     if model_key not in dict((v, k) for k, v in PPL_MODELS):
-        raise gr.Error(f"Perplexity is measured with {' or '.join(k for _, k in PPL_MODELS)}, "
-                       f"not {model_key!r}.")
+        raise common.refused(f"Perplexity is measured with {' or '.join(k for _, k in PPL_MODELS)}, "
+                             f"not {model_key!r}.")
     scored = api.perplexity(engine, model_key, text, status=common.status(progress))
     p, spec = scored.perplexity, REGISTRY[model_key]
     rows = [[title, revision, label, speed.new_tokens, f"{speed.seconds:.2f}",

@@ -42,7 +42,7 @@ def _messages(history, shown: bool = False) -> list[dict]:
     malformed entries are dropped rather than trusted. `shown`: the
     Chatbot's own value, whose text `_display` escaped."""
     if history is not None and not isinstance(history, list):
-        raise gr.Error("The history must be a list of {role, content} messages.")
+        raise common.refused("The history must be a list of {role, content} messages.")
     out = []
     for msg in history or []:
         text = _text(msg.get("content")) if isinstance(msg, dict) else None
@@ -126,7 +126,7 @@ def regenerate(engine, history, use_history, temperature, top_k, top_p, repetiti
     history = _messages(history, shown=True)
     index = retry.index if isinstance(retry.index, int) else retry.index[0]
     if not 0 <= index < len(history) or history[index]["role"] != "user":
-        raise gr.Error("There is no question to answer again.")
+        raise common.refused("There is no question to answer again.")
     for shown, banner, table in _answer(
             engine, history[index]["content"], history[:index], use_history, temperature, top_k,
             top_p, repetition_penalty, max_new_tokens, seed, n, model_key, progress):

@@ -3,8 +3,10 @@ TinyLlama tweet-sentiment adapter, one text at a time or in batches."""
 
 from __future__ import annotations
 
+import contextvars
 import io
-import tempfile
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -37,6 +39,21 @@ FIELD_LABELS = {"text": "Text", "title": "Title", "question": "Question",
 MAX_UPLOAD_BYTES = 1_000_000   # ~1 MB of CSV: a demo batch, not a dataset
 MAX_BATCH_ROWS = api.MAX_BATCH_ROWS
 UPLOAD_TYPES = (".csv", ".txt")
+BATCH_POLL_S = 0.5   # how often a running batch's handler yields
+ABANDONED_S = 4 * BATCH_POLL_S
+
+
+class Watch:
+    """A batch's cancel, set when its handler is closed or no longer asked
+    for updates: Gradio stops asking once the event is cancelled (the Stop
+    button, a client's cancel, a closed page), whether or not it closes
+    the generator."""
+
+    def __init__(self):
+        self.closed, self.pulled = False, time.monotonic()
+
+    def is_set(self) -> bool:
+        return self.closed or time.monotonic() - self.pulled > ABANDONED_S
 
 
 @common.engine_errors
@@ -96,10 +113,10 @@ def read_rows(spec, file, lines) -> list[dict]:
     if file:
         path = Path(file)
         if path.suffix.lower() not in UPLOAD_TYPES:
-            raise gr.Error("Upload a .csv or .txt file.", title="Unsupported file")
+            raise common.refused("Upload a .csv or .txt file.", title="Unsupported file")
         if path.stat().st_size > MAX_UPLOAD_BYTES:
-            raise gr.Error(f"The file is {path.stat().st_size:,} bytes; the limit is "
-                           f"{MAX_UPLOAD_BYTES:,}.", title="File too large")
+            raise common.refused(f"The file is {path.stat().st_size:,} bytes; the limit is "
+                                 f"{MAX_UPLOAD_BYTES:,}.", title="File too large")
         text = decoded(path.read_bytes())
         if path.suffix.lower() == ".txt":
             return read_rows(spec, None, text)
@@ -107,27 +124,27 @@ def read_rows(spec, file, lines) -> list[dict]:
             df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
         except (ValueError, pd.errors.ParserError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-            raise gr.Error(f"The CSV could not be read ({first}).", title="Bad CSV") from None
+            raise common.refused(f"The CSV could not be read ({first}).", title="Bad CSV") from None
         cols = ([f for f in fields] if all(f in df.columns for f in fields)
                 else list(df.columns[:len(fields)]))
         if len(cols) < len(fields):
-            raise gr.Error(f"The CSV needs the columns {', '.join(fields)}.", title="Bad CSV")
+            raise common.refused(f"The CSV needs the columns {', '.join(fields)}.", title="Bad CSV")
         rows = [dict(zip(fields, r)) for r in df[cols].itertuples(index=False)]
     else:
         if lines is not None and not isinstance(lines, str):
-            raise gr.Error("The texts must be text.")
+            raise common.refused("The texts must be text.")
         if len(lines or "") > MAX_UPLOAD_BYTES:   # the page's box stops there; a client may not
-            raise gr.Error(f"The pasted texts are {len(lines):,} characters; the limit is "
-                           f"{MAX_UPLOAD_BYTES:,}.", title="Too long")
+            raise common.refused(f"The pasted texts are {len(lines):,} characters; the limit is "
+                                 f"{MAX_UPLOAD_BYTES:,}.", title="Too long")
         rows = [dict(zip(fields, line.split("\t", len(fields) - 1)))
                 for line in (lines or "").splitlines()]
         while rows and not any(v.strip() for v in rows[-1].values()):
             rows.pop()   # a trailing blank line is not a row
     if not rows:
-        raise gr.Error("Upload a CSV or paste one text per line.", title="Nothing to do")
+        raise common.refused("Upload a CSV or paste one text per line.", title="Nothing to do")
     if len(rows) > MAX_BATCH_ROWS:
-        raise gr.Error(f"{len(rows):,} rows; the limit is {MAX_BATCH_ROWS:,}.",
-                       title="Too many rows")
+        raise common.refused(f"{len(rows):,} rows; the limit is {MAX_BATCH_ROWS:,}.",
+                             title="Too many rows")
     return rows
 
 
@@ -144,9 +161,30 @@ def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
     """
     spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
     rows = read_rows(spec, file, lines)
-    batch = api.classify_batch(
-        engine, model_key, rows, status=common.status(progress),
-        progress=lambda done, total: progress(done / total, desc=f"{done}/{total} rows"))
+    cancel = Watch()
+    ended: list = []
+    context = contextvars.copy_context()   # the progress bar is found through it
+
+    def run():
+        try:
+            ended.append(api.classify_batch(
+                engine, model_key, rows, status=common.status(progress), cancel=cancel,
+                progress=lambda done, total: progress(done / total, desc=f"{done}/{total} rows")))
+        except BaseException as exc:   # raised below, on the handler's thread
+            ended.append(exc)
+    worker = threading.Thread(target=lambda: context.run(run), name="classify-batch", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(BATCH_POLL_S)
+            if worker.is_alive():
+                yield (gr.skip(),) * 4
+                cancel.pulled = time.monotonic()
+    finally:
+        cancel.closed = True   # the batch ends before its next chunk of rows
+    if isinstance(ended[0], BaseException):
+        raise ended[0]
+    batch = ended[0]
     results = batch.results
     table = []
     for i, (row, res) in enumerate(zip(rows, results), 1):
@@ -160,9 +198,9 @@ def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
     df = pd.DataFrame(table)
     counts = (df[df.label != ""].label.value_counts().reindex(spec.labels, fill_value=0)
               .rename_axis("label").reset_index(name="rows"))
-    path = Path(tempfile.mkdtemp()) / f"{model_key}-results.csv"
+    path = common.result_file(f"{model_key}-results.csv")
     df.map(spreadsheet_safe).to_csv(path, index=False)
-    return df, counts, gr.File(str(path), visible=True), common.notice(batch.notice)
+    yield df, counts, gr.File(str(path), visible=True), common.notice(batch.notice)
 
 
 def build(engine) -> None:
@@ -187,7 +225,9 @@ def build(engine) -> None:
             lines = gr.Textbox(label="Or paste one text per line (pair tasks: a tab "
                                "between the two texts)", lines=5,
                                max_length=MAX_UPLOAD_BYTES)
-        run_batch = gr.Button("Classify all")
+        with gr.Row():
+            run_batch = gr.Button("Classify all")
+            stop_batch = gr.Button("Stop", variant="stop")
         table = gr.Dataframe(label="Results", interactive=False)
         with gr.Row():
             chart = gr.BarPlot(x="label", y="rows", title="Label distribution")
@@ -207,6 +247,7 @@ def build(engine) -> None:
         event(fn, [text, model, second], [labels, banner], concurrency_id="classify",
               **exposure).success(free_fn, [text, model], free, api_visibility="private",
                           concurrency_id="classify")
-    run_batch.click(common.bind(classify_batch, engine), [upload, lines, model],
-                    [table, chart, download, banner], api_name="classify_batch",
-                    concurrency_id="classify")
+    batch = run_batch.click(common.bind(classify_batch, engine), [upload, lines, model],
+                            [table, chart, download, banner], api_name="classify_batch",
+                            concurrency_id="classify")
+    stop_batch.click(None, cancels=[batch], api_visibility="private")

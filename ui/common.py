@@ -6,6 +6,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import logging
+import shutil
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -13,6 +18,7 @@ import gradio as gr
 from inference import api
 from inference.errors import EngineError
 
+log = logging.getLogger("ttl.refused")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MAX_TEXT_CHARS = api.MAX_TEXT_CHARS
 
@@ -60,6 +66,32 @@ def sampling_controls(defaults, max_new_tokens: int) -> tuple:
             gr.Slider(1, max_new_tokens, d["max_new_tokens"], step=1, label="Max new tokens"))
 
 
+# Files made for visitors (results CSVs) live this long; Gradio's own cache
+# (uploads, and the copies it serves) is emptied on the same clock (app.py).
+FILES_KEPT_S = 3600
+RESULTS = Path(tempfile.gettempdir()) / "ttl-playground-results"
+
+
+def result_file(name: str) -> Path:
+    """A fresh path for a file made for a visitor, in a folder of its own;
+    the folders older than FILES_KEPT_S are deleted first."""
+    RESULTS.mkdir(exist_ok=True)
+    for old in RESULTS.iterdir():
+        if time.time() - old.stat().st_mtime > FILES_KEPT_S:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = RESULTS / uuid.uuid4().hex
+    folder.mkdir()
+    return folder / name
+
+
+def refused(message: str, title: str = "Error") -> gr.Error:
+    """A request refused with a message for the person who sent it. It is
+    logged as one line: a refusal is not a fault, and Gradio would print a
+    traceback for each one."""
+    log.info("%s: %s", title, message)
+    return gr.Error(message, title=title, print_exception=False)
+
+
 def engine_errors(handler):
     """Wraps a tab's handler (plain or streaming): a request the engine
     refuses (`EngineError`: a bad setting, a text too long, a model that
@@ -70,7 +102,7 @@ def engine_errors(handler):
             try:
                 yield from handler(*args, **kwargs)
             except EngineError as exc:
-                raise gr.Error(str(exc), title=exc.title) from None
+                raise refused(str(exc), exc.title) from None
         return streaming
 
     @functools.wraps(handler)
@@ -78,5 +110,5 @@ def engine_errors(handler):
         try:
             return handler(*args, **kwargs)
         except EngineError as exc:
-            raise gr.Error(str(exc), title=exc.title) from None
+            raise refused(str(exc), exc.title) from None
     return plain

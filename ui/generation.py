@@ -127,11 +127,11 @@ def explain(engine, run, which=1):
     """Colour each generated token of completion `which` by its probability
     and list the top alternatives (see inference.analysis)."""
     if not isinstance(run, dict) or not run.get("completions"):
-        raise gr.Error("Generate some text first.", title="Nothing to explain")
+        raise common.refused("Generate some text first.", title="Nothing to explain")
     which = api.check_count(which, MAX_COMPLETIONS, "Completions")
     done = run["completions"]
     if which > len(done):
-        raise gr.Error(f"There are only {len(done)} completions.", title="Nothing to explain")
+        raise common.refused(f"There are only {len(done)} completions.", title="Nothing to explain")
     infos = api.explain(engine, run.get("model"), run.get("revision"), run.get("prompt"),
                         done[which - 1].get("drawn"))
     spans = [(t.text, prob_band(t.prob)) for t in infos]
