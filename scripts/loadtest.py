@@ -1,14 +1,17 @@
-"""Load test: simultaneous gradio_client users against the app on stand-ins.
+"""Load test and soak: simultaneous users against the app on stand-ins.
 
     python scripts/loadtest.py                        # starts `app.py --standin` on a free loopback port
+    python scripts/loadtest.py --seconds 600 --max-growth-mb 50   # the soak
     python scripts/loadtest.py --url http://127.0.0.1:7860/ --pid 1234
 
-Each user loops until the time is up over text generation, chat,
-classification and generations cancelled mid-stream. Warm-up first (each
-endpoint once, then all users for --warmup seconds, not counted); then the
-server's resident memory is read, the measured run goes, and memory is read
-again. Exits non-zero on any error or on memory growth above --max-growth-mb.
-Loopback only; every loop and wait is bounded.
+Each user loops until the time is up over every endpoint: text generation,
+perplexity, chat, classification, batches (some cancelled), the OpenAI
+API, generations cancelled mid-stream, and bad inputs (which must be
+refused with a message, never fail otherwise). Warm-up first (each endpoint
+once, then all users for --warmup seconds, not counted); then the server's
+resident memory is read, the measured run goes, and memory is read again,
+also every 30 s. Exits non-zero on any unexpected error or on memory growth
+above --max-growth-mb. Loopback only; every loop and wait is bounded.
 """
 
 from __future__ import annotations
@@ -43,9 +46,23 @@ WORK = {
     "/classify": [["Esqueceram de mim 2 é um dos melhores filmes de natal.", "ttl-160m-imdb", ""],
                   ["Que comentário gentil, obrigado!", "ttl-160m-hatebr", ""],
                   ["I love rainy days", "tinyllama-tweet", ""]],
+    "/perplexity": [["A lhama é um animal da América do Sul.", "ttl-160m", "main"]],
+    "/classify_batch": [[None, "\n".join(f"Um filme número {i}: bom? ruim?" for i in range(32)),
+                         "ttl-160m-imdb"]],
 }
 CANCEL = [GEN("A muitos anos atrás, em uma galáxia muito distante")[:7] + [400, False, None]]
-MIX = ["/generate", "/generate", "/chat", "/chat", "/classify", "/classify", "/classify", "cancel"]
+LONG_BATCH = [None, "\n".join(f"Um filme número {i}, " + "muito longo " * 40 for i in range(400)),
+              "tinyllama-tweet"]
+# Refused inputs: (endpoint, arguments, a word the refusal must contain).
+BAD = [("/classify", ["", "ttl-160m-imdb", ""], "text"),
+       ("/classify", ["Bom", "no-such-model", ""], "model"),
+       ("/generate", ["A lhama", "ttl-160m", "main", 99, 20, 0.2, 1.2, 32, False, None],
+        "maximum"),
+       ("/chat", ["Oi", "not a history"], "history"),
+       ("/classify_batch", [None, "x" * 1_000_001, "ttl-160m-imdb"], "limit")]
+OPENAI = {"model": "ttl-160m", "prompt": "A PUCRS é", "max_tokens": 32, "temperature": 0.5}
+MIX = ["/generate", "/generate", "/chat", "/chat", "/classify", "/classify", "/classify",
+       "/perplexity", "/classify_batch", "openai", "openai", "cancel", "cancel batch", "bad"]
 
 
 def rss_mb(pid: int) -> float:
@@ -105,7 +122,42 @@ class Stats:
             self.errors.append(what)
 
 
-def one_request(client, endpoint: str, rng: random.Random, stats: Stats) -> None:
+def one_request(client, endpoint: str, rng: random.Random, stats: Stats, url: str) -> None:
+    if endpoint == "openai":   # the OpenAI-compatible route, as a plain HTTP client sends it
+        import httpx
+        t0 = time.perf_counter()
+        try:
+            r = httpx.post(url + "v1/completions", json=OPENAI, timeout=REQUEST_TIMEOUT)
+            r.raise_for_status()
+            assert r.json()["choices"][0]["text"] is not None
+        except Exception as exc:
+            stats.error(f"openai: {type(exc).__name__}: {str(exc)[:200]}")
+            return
+        stats.add("openai", time.perf_counter() - t0)
+        return
+    if endpoint == "bad":   # refused with a message that names the problem
+        name, args, word = rng.choice(BAD)
+        t0 = time.perf_counter()
+        try:
+            client.predict(*args, api_name=name)
+            stats.error(f"bad {name}: accepted {str(args)[:80]}")
+        except Exception as exc:
+            text = str(exc)
+            if word not in text.lower() or "Traceback" in text:
+                stats.error(f"bad {name}: refused without saying why: {text[:200]}")
+                return
+        stats.add("bad", time.perf_counter() - t0)
+        return
+    if endpoint == "cancel batch":
+        t0 = time.perf_counter()
+        job = client.submit(*LONG_BATCH, api_name="/classify_batch")
+        time.sleep(rng.uniform(0.5, 2.0))
+        job.cancel()
+        if not wait_for(job.done, 30):
+            stats.error("cancel batch: the job did not end within 30 s of cancelling")
+            return
+        stats.add("cancel batch", time.perf_counter() - t0)
+        return
     if endpoint == "cancel":
         t0 = time.perf_counter()
         job = client.submit(*rng.choice(CANCEL), api_name="/generate")
@@ -127,7 +179,7 @@ def one_request(client, endpoint: str, rng: random.Random, stats: Stats) -> None
         job.cancel()
         stats.error(f"{endpoint}: {type(exc).__name__}: {str(exc)[:200]}")
         return
-    if not result or (endpoint != "/classify" and not result[0]):
+    if not result or (endpoint == "/generate" and not result[0]):
         stats.error(f"{endpoint}: empty result {result!r}"[:200])
         return
     stats.add(endpoint, time.perf_counter() - t0)
@@ -142,7 +194,8 @@ def wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
-def run_users(url: str, users: int, seconds: float, stats: Stats) -> None:
+def run_users(url: str, users: int, seconds: float, stats: Stats, pid: int | None = None,
+              samples: list | None = None) -> None:
     from gradio_client import Client
     deadline = time.monotonic() + seconds
 
@@ -154,10 +207,17 @@ def run_users(url: str, users: int, seconds: float, stats: Stats) -> None:
             stats.error(f"user {n} could not connect: {exc}")
             return
         while time.monotonic() < deadline:
-            one_request(client, rng.choice(MIX), rng, stats)
+            one_request(client, rng.choice(MIX), rng, stats, url)
         client.close()
 
+    def sample():   # the server's memory every 30 s
+        while time.monotonic() < deadline:
+            samples.append(round(rss_mb(pid)))
+            time.sleep(min(30, max(0.0, deadline - time.monotonic())))
+
     pool = [threading.Thread(target=user, args=(n,), name=f"user-{n}") for n in range(users)]
+    if pid and samples is not None:
+        threading.Thread(target=sample, daemon=True).start()
     for t in pool:
         t.start()
     for t in pool:
@@ -174,22 +234,28 @@ def percentile(values: list[float], q: float) -> float:
 
 ABOUT = """`scripts/loadtest.py` starts `python app.py --standin` on a free loopback
 port (or takes `--url` and `--pid` of a running one) and runs simultaneous
-`gradio_client` users for a bounded time. Each user loops over text
-generation (32 new tokens), chat (32 new tokens), classification (IMDB,
-HateBR and the tweet-sentiment adapter) and generations of 400 tokens
-cancelled at a random point of the stream. Every endpoint is called once and
-all users run a warm-up before the server's resident memory is read; the
-measured run follows, then memory is read again. The script exits non-zero
-on any error or on memory growth above `--max-growth-mb`.
+users for a bounded time. Each user loops over text generation (32 new
+tokens), perplexity, chat (32 new tokens), classification (IMDB, HateBR and
+the tweet-sentiment adapter), batches of 32 rows, the OpenAI-compatible
+`/v1/completions`, generations of 400 tokens cancelled at a random point of
+the stream, batches of 400 long rows cancelled after 0.5-2 s, and bad inputs
+(an empty text, an unknown model, a temperature of 99, a malformed history,
+over-long pasted lines), which must be refused with a message that names
+the problem. Every endpoint is called once and all users run a warm-up
+before the server's resident memory is read; the measured run follows, with
+memory read every 30 s, then memory is read again. The script exits
+non-zero on any unexpected error or on memory growth above
+`--max-growth-mb`.
 """
 
 
 def report(args, command: str, stats: Stats, memory: dict, seconds: float) -> str:
-    rows = ["| endpoint | requests | p50 s | p90 s | p99 s | max s |", "|---|---:|---:|---:|---:|---:|"]
-    for endpoint in ("/generate", "/chat", "/classify", "cancel"):
+    rows = ["| endpoint | requests | p50 s | p95 s | p99 s | max s |", "|---|---:|---:|---:|---:|---:|"]
+    for endpoint in ("/generate", "/perplexity", "/chat", "/classify", "/classify_batch", "openai",
+                     "cancel", "cancel batch", "bad"):
         v = sorted(stats.latency.get(endpoint, []))
         if v:
-            rows.append(f"| {endpoint} | {len(v)} | {percentile(v, 50):.2f} | {percentile(v, 90):.2f} "
+            rows.append(f"| {endpoint} | {len(v)} | {percentile(v, 50):.2f} | {percentile(v, 95):.2f} "
                         f"| {percentile(v, 99):.2f} | {v[-1]:.2f} |")
     total = sum(map(len, stats.latency.values()))
     growth = memory["after"] - memory["before"]
@@ -207,6 +273,7 @@ def report(args, command: str, stats: Stats, memory: dict, seconds: float) -> st
         f"warm-up, {memory['after']:.0f} MB after the run: **growth {growth:+.0f} MB** "
         f"(bound {args.max_growth_mb} MB). Server threads: {memory['threads_before']} before, "
         f"{memory['threads_after']} after.",
+        f"- Memory every 30 s of the run (MB): {', '.join(map(str, memory['samples']))}.",
         "",
         *rows,
     ]
@@ -249,7 +316,8 @@ def main(argv=None) -> int:
         memory["threads_before"] = threads(pid) if pid else -1
         stats = Stats()
         t0 = time.monotonic()
-        run_users(url, args.users, args.seconds, stats)
+        memory["samples"] = []
+        run_users(url, args.users, args.seconds, stats, pid, memory["samples"])
         elapsed = time.monotonic() - t0
         time.sleep(2)   # let cancelled workers finish ending
         memory["after"] = rss_mb(pid) if pid else float("nan")

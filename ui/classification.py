@@ -39,7 +39,7 @@ FIELD_LABELS = {"text": "Text", "title": "Title", "question": "Question",
 MAX_UPLOAD_BYTES = 1_000_000   # ~1 MB of CSV: a demo batch, not a dataset
 MAX_BATCH_ROWS = api.MAX_BATCH_ROWS
 UPLOAD_TYPES = (".csv", ".txt")
-BATCH_POLL_S = 0.5   # how often a running batch's handler yields
+BATCH_POLL_S = 0.25  # how often a running batch's handler yields
 ABANDONED_S = 4 * BATCH_POLL_S
 
 
