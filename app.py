@@ -53,6 +53,7 @@ def build(engine: Engine) -> gr.Blocks:
     # Several users at once: every forward pass runs on the engine's one
     # compute thread, and streams on the same model are decoded in one batch.
     demo.queue(default_concurrency_limit=4, max_size=64)
+    common.quiet_refusals(demo)
     return demo
 
 

@@ -1,7 +1,8 @@
 """What abuse through the API gets: bodies over the limit refused before
 Gradio reads them, the page's own events not callable by name, a batch
 that stops when cancelled or out of time, a refusal logged as one line,
-and files made for visitors deleted after an hour."""
+files made for visitors deleted after an hour, and the state of at most a
+thousand sessions kept."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from conftest import wait_until
+from conftest import free_port, wait_until
 from inference import api, classification
 from server.limits import MAX_REQUEST_BYTES
 from ui import classification as ui_classification
@@ -80,7 +81,10 @@ def test_a_refusal_is_logged_as_one_line(client, caplog, capfd):
     with caplog.at_level(logging.INFO, logger="ttl.refused"):
         with pytest.raises(Exception, match="Please type some text first"):
             client.predict("", "ttl-160m-imdb", "", api_name="/classify")
-    assert any(r.name == "ttl.refused" for r in caplog.records)
+        with pytest.raises(Exception, match="greater than maximum value 2.0"):   # the slider's own
+            client.predict("A lhama", "ttl-160m", "main", 99, 20, 0.2, 1.2, 32, False, None,
+                           api_name="/generate")
+    assert sum(r.name == "ttl.refused" for r in caplog.records) == 2
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -91,3 +95,16 @@ def test_files_made_for_visitors_are_deleted_after_an_hour():
     os.utime(old.parent, (hour_ago, hour_ago))
     new = common.result_file("new.csv")
     assert not old.parent.exists() and new.parent.exists()
+
+
+def test_the_state_of_at_most_a_thousand_sessions_is_kept(engine):
+    import app
+    demo = app.build(engine)
+    app.launch(demo, engine, server_name="127.0.0.1", server_port=free_port(),
+               prevent_thread_lock=True, quiet=True)
+    try:
+        # The running server's store of sessions, which lets the oldest go
+        # past its capacity (Gradio's StateHolder.update).
+        assert demo.server_app.state_holder.capacity == app.SESSIONS_KEPT == 1000
+    finally:
+        demo.close()

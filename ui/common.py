@@ -92,6 +92,23 @@ def refused(message: str, title: str = "Error") -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
+def quiet_refusals(demo: gr.Blocks) -> None:
+    """A value a component refuses before any handler runs (a slider out of
+    range, a choice not offered) is logged as one line too: Gradio would
+    print a traceback for each."""
+    def quiet(preprocess):
+        @functools.wraps(preprocess)
+        def checked(*args, **kwargs):
+            try:
+                return preprocess(*args, **kwargs)
+            except gr.Error as exc:
+                raise refused(exc.message, exc.title) from None
+        return checked
+    for block in demo.blocks.values():
+        if callable(getattr(block, "preprocess", None)):
+            block.preprocess = quiet(block.preprocess)
+
+
 def engine_errors(handler):
     """Wraps a tab's handler (plain or streaming): a request the engine
     refuses (`EngineError`: a bad setting, a text too long, a model that
