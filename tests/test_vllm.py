@@ -6,6 +6,7 @@ coming back; servers all down are an error, never a stand-in."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -162,15 +163,19 @@ def serving(far, servers) -> Server:
     return next(s for s in (servers["a"], servers["b"]) if s.url == busy[0])
 
 
-def test_a_replica_lost_mid_answer_and_coming_back(far, near, servers):
+def test_a_replica_lost_mid_answer_and_coming_back(far, near, servers, caplog):
     m = far.load("ttl-160m")
-    args = dict(max_new_tokens=300, do_sample=False)
+    # Long, so that the server is still sending when it is killed (what it
+    # has sent waits in the socket until the app reads it).
+    args = dict(max_new_tokens=1024, do_sample=False, repetition_penalty=1.0)
     want = last(api.generate(near, "ttl-160m", PROMPT, **args)).ids
-    events = api.generate(far, "ttl-160m", PROMPT, **args)
-    next(events), next(events)   # started, and the first piece
-    lost = serving(far, servers)
-    lost.stop()   # mid-answer: the answer goes on at the other replica, unchanged
-    assert last(events).ids == want
+    with caplog.at_level(logging.WARNING, logger="inference.remote"):
+        events = api.generate(far, "ttl-160m", PROMPT, **args)
+        next(events), next(events)   # started, and the first piece
+        lost = serving(far, servers)
+        lost.stop()   # mid-answer: the answer goes on at the other replica, unchanged
+        assert last(events).ids == want
+    assert any("going on at another" in r.getMessage() for r in caplog.records)
     assert "1 of 2 servers of TeenyTinyLlama-160m is not answering" in m.banner
 
     lost.start(PYTHON).wait()   # a new process: its counters start at 0
