@@ -206,10 +206,10 @@ class Remote(Backend):
                                       "of the request; try again.") from None
         raise unavailable(m.spec.title, pool)
 
-    def _post(self, m: Loaded, path: str, body: dict, read=lambda reply: reply):
-        """`read(reply)` of the JSON reply to `body`; a reply not of the
-        expected shape is an error for people, not a KeyError."""
-        with self._send(m, "POST", path, body) as response:
+    def _post(self, m: Loaded, path: str, body: dict | None, read=lambda reply: reply):
+        """`read(reply)` of the JSON reply to `body` (None: a GET); a reply not
+        of the expected shape is an error for people, not a KeyError."""
+        with self._send(m, "GET" if body is None else "POST", path, body) as response:
             response.read()
             with unexpected(m):
                 return read(response.json())
@@ -223,7 +223,7 @@ class Remote(Backend):
         pool.check_all()
         if not pool.up(served_names(m)):
             raise unavailable(m.spec.title, pool)
-        version = self._send_get(m, "/version").get("version", "")
+        version = self._post(m, "/version", None, lambda reply: str(reply.get("version", "")))
         if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < MIN_VLLM:
             raise ModelUnavailable(
                 f"The server for {m.spec.title} runs vLLM {version or 'of an unknown version'}.",
@@ -234,14 +234,8 @@ class Remote(Backend):
             raise ModelUnavailable(
                 f"The server for {m.spec.title} serves a model with another tokenizer.",
                 "Serve the same model (or stand-in) the app loads its tokenizer from.")
-        up, total = pool.status()
+        total = len(pool.replicas)
         m.source += f", served by vLLM ({total} replica{'s' * (total > 1)})"
-
-    def _send_get(self, m: Loaded, path: str) -> dict:
-        with self._send(m, "GET", path, None) as response:
-            response.read()
-            with unexpected(m):
-                return dict(response.json())
 
     def status(self, m: Loaded) -> str | None:
         up, total = self.pools[m.spec.key].status()
