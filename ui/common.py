@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import inspect
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -51,8 +52,20 @@ def status(progress: gr.Progress | None):
 
 
 def notice(text: str | None) -> gr.Markdown:
-    """The tab's banner: shown when the tab serves a stand-in."""
-    return gr.Markdown(text or "", visible=bool(text))
+    """The tab's banner: shown when the tab serves a stand-in (see `compact`)."""
+    return gr.Markdown(compact(text) if text else "", visible=bool(text))
+
+
+def compact(text: str) -> str:
+    """A banner in as few lines as a phone allows: each paragraph that opens
+    with a bold sentence shows only that sentence, and the rest on a click."""
+    shown = []
+    for para in text.split("\n\n"):
+        lead = re.fullmatch(r"\*\*(.+?)\*\*\s*(.+)", para, re.S)
+        # Markdown inside an HTML block needs blank lines around it.
+        shown.append(f"<details><summary><strong>{lead[1]}</strong></summary>\n\n{lead[2]}\n\n"
+                     "</details>" if lead else para)
+    return "\n\n".join(shown)
 
 
 def sampling_controls(defaults, max_new_tokens: int) -> tuple:
