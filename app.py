@@ -27,29 +27,40 @@ from inference.registry import DEFAULT_KEYS
 from server import openai_api
 from server.limits import BodyLimit, PublicEventsOnly, public_events
 from ui import benchmarks, chat, classification, common, generation
-from ui.theme import CSS, THEME
+from ui.theme import CSS, HEAD, THEME, TOGGLE_PRESENT
 
 TABS = [("Text generation", generation), ("Instruction chat", chat),
         ("Classification", classification), ("Benchmarks", benchmarks)]
 
+# One line on a phone; what it means opens on a click (common.compact).
 STANDIN_BANNER = (
-    "🧪 **Serving stand-ins, not the real models.** Every model here has its real "
+    "**Serving stand-ins, not the real models.** Every model here has its real "
     "architecture, tokenizer kind and special tokens but tiny weights that only saw a "
-    "page of test text: what they write says nothing about the real models. Start without `--standin` to serve the real models.")
+    "page of test text: what they write says nothing about the real models. Start without "
+    "`--standin` to serve the real models.")
 
 
 def build(engine: Engine) -> gr.Blocks:
     # Uploads and the files Gradio serves are deleted after FILES_KEPT_S.
     keep = common.FILES_KEPT_S
     with gr.Blocks(title="TeenyTinyLlama Playground", delete_cache=(keep, keep)) as demo:
-        gr.Markdown("# 🦙 TeenyTinyLlama Playground\nSmall Brazilian-Portuguese language "
-                    "models — TeenyTinyLlama, Aira-2 and a TinyLlama tweet-sentiment adapter — "
-                    "next to their published benchmarks.")
+        with gr.Row(elem_id="header", equal_height=True):
+            # The llama in a span of its own: hidden where it would be a box (ui/theme.py).
+            gr.Markdown('# <span class="emoji">🦙</span> TeenyTinyLlama Playground',
+                        elem_id="title")
+            present = gr.Button("Presentation mode", size="sm", scale=0, min_width=0,
+                                elem_id="present-toggle")
+        gr.Markdown("Small Brazilian-Portuguese language models — TeenyTinyLlama, Aira-2 and a "
+                    "TinyLlama tweet-sentiment adapter — next to their published benchmarks.",
+                    elem_id="subtitle")
         if engine.settings.standin:
-            gr.Markdown(STANDIN_BANNER, elem_id="standin-banner")
-        for title, module in TABS:
-            with gr.Tab(title):
-                module.build(engine)
+            gr.Markdown(common.compact(STANDIN_BANNER), elem_id="standin-banner")
+        # Tabs that do not fit wrap onto a second row, rather than hide behind a menu.
+        with gr.Tabs(overflow_behavior="wrap"):
+            for title, module in TABS:
+                with gr.Tab(title):
+                    module.build(engine)
+        present.click(None, js=TOGGLE_PRESENT, api_visibility="private")
     # Several users at once: every forward pass runs on the engine's one
     # compute thread, and streams on the same model are decoded in one batch.
     demo.queue(default_concurrency_limit=4, max_size=64)
@@ -72,7 +83,7 @@ def launch(demo: gr.Blocks, engine: Engine, **kwargs):
     "Error"."""
     app_kwargs = {"routes": openai_api.routes(engine), "middleware": [
         Middleware(BodyLimit), Middleware(PublicEventsOnly, public=public_events(demo))]}
-    return demo.launch(**{"theme": THEME, "css": CSS, "max_file_size": "5mb",
+    return demo.launch(**{"theme": THEME, "css": CSS, "head": HEAD, "max_file_size": "5mb",
                           "show_error": True, "mcp_server": True, "app_kwargs": app_kwargs,
                           "state_session_capacity": SESSIONS_KEPT, **kwargs})
 
