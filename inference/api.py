@@ -108,10 +108,6 @@ def sampling(spec: ModelSpec, settings: Mapping) -> Sampling:
         raise EngineError(str(exc), title="Invalid setting") from None
 
 
-def load(engine: Engine, key: str, revision: str | None = None, status: Status = _quiet) -> Loaded:
-    return engine.load(key, revision, status=status)
-
-
 def memory_errors(fn):
     """Running out of memory (CUDA, MPS or CPU) frees what the request held
     and becomes an `OutOfMemory`; the app keeps serving."""
@@ -223,14 +219,14 @@ def generate(engine: Engine, key: str, text: str, revision: str | None = None, n
     text = check_text(text, "prompt")
     n = check_count(n, MAX_COMPLETIONS, "Completions")
     s = _drawn_seed(sampling(spec, settings))
-    m = load(engine, key, revision, status)
-    ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
-    ids, dropped = generation.fit_context(ids, spec.max_input_tokens, s.max_new_tokens,
-                                          keep_first=1)
-    samplings = [for_completion(s, i) for i in range(n)]
-    yield Started(key, m.revision, ids, dropped, samplings, m.label, m.banner,
-                  spec.max_input_tokens, functools.partial(analysis.explain, m.tokenizer))
-    yield from _stream(m, ids, samplings, cancel)
+    with engine.hold(key, revision, status) as m:
+        ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
+        ids, dropped = generation.fit_context(ids, spec.max_input_tokens, s.max_new_tokens,
+                                              keep_first=1)
+        samplings = [for_completion(s, i) for i in range(n)]
+        yield Started(key, m.revision, ids, dropped, samplings, m.label, m.banner,
+                      spec.max_input_tokens, functools.partial(analysis.explain, m.tokenizer))
+        yield from _stream(m, ids, samplings, cancel)
 
 
 # -- chat ------------------------------------------------------------------------
@@ -312,15 +308,15 @@ def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet
         raise EngineError(f"max_new_tokens {s.max_new_tokens} leaves no room for the question in "
                           f"{spec.title}'s {spec.max_input_tokens}-token context; at most {most}.",
                           title="Invalid setting")
-    m = load(engine, key, None, status)
-    ids = formats.encode_chat(spec.prompt_format, m.tokenizer, messages, room)
-    samplings = [for_completion(s, i) for i in range(n)]
-    yield Started(key, m.revision, ids, 0, samplings, m.label, m.banner, spec.max_input_tokens,
-                  functools.partial(analysis.explain, m.tokenizer))
-    texts = [""] * n
-    for piece in _stream(m, ids, samplings, cancel):
-        texts[piece.index] += piece.text
-        yield piece
+    with engine.hold(key, None, status) as m:
+        ids = formats.encode_chat(spec.prompt_format, m.tokenizer, messages, room)
+        samplings = [for_completion(s, i) for i in range(n)]
+        yield Started(key, m.revision, ids, 0, samplings, m.label, m.banner,
+                      spec.max_input_tokens, functools.partial(analysis.explain, m.tokenizer))
+        texts = [""] * n
+        for piece in _stream(m, ids, samplings, cancel):
+            texts[piece.index] += piece.text
+            yield piece
     texts = [t.strip() for t in texts]
     if n == 1 or not rank:
         yield Answer([bestofn.Candidate(t) for t in texts], 0)
@@ -353,8 +349,8 @@ def classify(engine: Engine, key: str, fields, status: Status = _quiet) -> Label
     `text`, or e.g. `premise` and `hypothesis`)."""
     spec = check_model(key, CLASSIFY, LABEL_SCORE)
     fields = check_fields(spec, fields)
-    m = load(engine, key, None, status)
-    return Labels(classification.classify_one(m, fields), m.banner)
+    with engine.hold(key, None, status) as m:
+        return Labels(classification.classify_one(m, fields), m.banner)
 
 
 @dataclass(frozen=True)
@@ -376,7 +372,6 @@ def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int]
     if len(rows) > MAX_BATCH_ROWS:
         raise EngineError(f"{len(rows):,} rows; the limit is {MAX_BATCH_ROWS:,}.",
                           title="Too many rows")
-    m = load(engine, key, None, status)
     deadline = time.monotonic() + MAX_BATCH_SECONDS
 
     def stop() -> str | None:
@@ -385,8 +380,10 @@ def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int]
         if time.monotonic() > deadline:
             return f"not classified: the batch's time limit ({MAX_BATCH_SECONDS} s) was reached"
         return None
-    results = classification.classify_rows(m, rows, progress or (lambda done, total: None), stop)
-    return Batch(results, m.banner)
+    with engine.hold(key, None, status) as m:
+        results = classification.classify_rows(m, rows, progress or (lambda done, total: None),
+                                               stop)
+        return Batch(results, m.banner)
 
 
 @memory_errors
@@ -396,12 +393,14 @@ def free_answer(engine: Engine, key: str, text: str) -> str:
     answer with one word."""
     spec = check_model(key, LABEL_SCORE)
     text = check_text(text, "text")
-    m = load(engine, key)
-    ids = formats.encode(spec.prompt_format, m.tokenizer, {"system": spec.system_prompt, "text": text})
-    ids, _ = generation.fit_context(ids, spec.max_input_tokens, FREE_ANSWER_TOKENS, keep_first=1)
     s = Sampling.from_defaults(spec.defaults, max_new_tokens=FREE_ANSWER_TOKENS, do_sample=False,
                                repetition_penalty=1.0)
-    return generation.complete(m, ids, s).strip()
+    with engine.hold(key) as m:
+        ids = formats.encode(spec.prompt_format, m.tokenizer,
+                             {"system": spec.system_prompt, "text": text})
+        ids, _ = generation.fit_context(ids, spec.max_input_tokens, FREE_ANSWER_TOKENS,
+                                        keep_first=1)
+        return generation.complete(m, ids, s).strip()
 
 
 # -- looking inside ------------------------------------------------------------------
@@ -421,9 +420,10 @@ def perplexity(engine: Engine, key: str, text: str, revision: str | None = None,
     probability and the top alternatives there."""
     spec = check_model(key, GENERATE)
     text = check_text(text, "text to score")
-    m = load(engine, key, revision, status)
-    ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
-    return TextScore(analysis.perplexity(m, ids), m.label, m.revision, m.banner, m.is_standin)
+    with engine.hold(key, revision, status) as m:
+        ids = formats.encode(spec.prompt_format, m.tokenizer, {"text": text})
+        return TextScore(analysis.perplexity(m, ids), m.label, m.revision, m.banner,
+                         m.is_standin)
 
 
 def explain(engine: Engine, key: str, revision: str | None, prompt: list[int],
@@ -440,7 +440,7 @@ def explain(engine: Engine, key: str, revision: str | None, prompt: list[int],
             raise ValueError
     except (TypeError, ValueError, IndexError):
         raise EngineError("This is not a run the engine made.", title="Nothing to explain") from None
-    m = load(engine, key, revision)
+    m = engine.load(key, revision)   # its tokenizer only
     vocab = max(len(m.tokenizer), getattr(m.config, "vocab_size", 0) or 0)
     if any(not 0 <= i < vocab for i in prompt + [d.id for d in drawn]):
         raise EngineError("This is not a run the engine made.", title="Nothing to explain")

@@ -101,9 +101,8 @@ class Local(Backend):
     name = "local"
 
     def prepare(self, m: Loaded) -> None:
-        if not m.spec.is_generative:
-            return
-        m.model, m.fast = fastpath.apply(m.model, m.device, self.settings.fast)
+        m.model, m.fast = fastpath.apply(m.model, m.device, self.settings.fast,
+                                         decodes=m.spec.is_generative)
         if m.fast != "off":
             m.source += f", {m.fast} fast path"
         if m.fast == "bf16":

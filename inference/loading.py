@@ -45,6 +45,8 @@ class Loaded:
     notice: str | None = None    # markdown for the tab's banner
     fast: str = "off"            # the CPU fast path's road (fastpath.py)
     config: object = None        # the model's config (label maps, vocab size)
+    resident: int = 0            # bytes its tensors hold (memory.py)
+    users: int = 0               # requests using it now (the engine never lets it go then)
     # Set by the engine: the backend that computes it and the engine's
     # compute thread, where every forward pass runs (worker.py).
     backend: "Backend | None" = None

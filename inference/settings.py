@@ -82,6 +82,15 @@ def _urls(key: str, text: str) -> tuple[str, ...]:
     return urls
 
 
+def _megabytes(text: str) -> int | None:
+    """TTL_MEMORY_BUDGET: a whole number of MB, or empty for the default."""
+    if not text.strip():
+        return None
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise ValueError(f"TTL_MEMORY_BUDGET is in MB, a whole number above 0; got {text!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class Settings:
     device: str = "auto"
@@ -90,7 +99,10 @@ class Settings:
     strict: bool = False         # never fall back to a stand-in
     local_dirs: Mapping[str, str] = field(default_factory=dict)
     standin_dir: str | None = None
-    full_size_standins: bool = False
+    full_size_standins: bool = False   # stand-ins of the real shapes (a memory test)
+    # The memory the kept models may take, in MB (memory.py); None: a share
+    # of the machine's or container's memory.
+    memory_budget_mb: int | None = None
     hub_probe_timeout: float = 3.0
     hub_offline: bool = False    # HF_HUB_OFFLINE: never ask the hub
     hub_endpoint: str = "https://huggingface.co"
@@ -124,6 +136,8 @@ class Settings:
             strict=_flag(env, "TTL_STRICT"),
             local_dirs=parse_local_dirs(env.get("TTL_LOCAL_DIRS", "")),
             standin_dir=env.get("TTL_STANDIN_DIR") or None,
+            full_size_standins=_flag(env, "TTL_FULL_SIZE_STANDINS"),
+            memory_budget_mb=_megabytes(env.get("TTL_MEMORY_BUDGET", "")),
             hub_offline=_flag(env, "HF_HUB_OFFLINE"),
             hub_endpoint=env.get("HF_ENDPOINT", "https://huggingface.co"),
             adapters={s.key: env[s.adapter_setting].strip() for s in REGISTRY.values()

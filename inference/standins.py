@@ -178,7 +178,8 @@ def _train_wordpiece() -> dict:
     return {"vocab": json.loads(tok.to_str())["model"]["vocab"]}
 
 
-def _config(spec: ModelSpec, full_size: bool):
+def config_for(spec: ModelSpec, full_size: bool):
+    """`spec`'s config: the published fields of its shape, tiny unless `full_size`."""
     shape = SHAPES[spec.shape]
     fields = dict(shape["config"])
     fields.pop("tokenizer")
@@ -255,7 +256,7 @@ def build(spec: ModelSpec, out: Path, full_size: bool = False, train_steps: int 
     torch.manual_seed(seed)
     kind = SHAPES[spec.shape]["config"]["tokenizer"]
     tok = build_tokenizer(kind)
-    config = _config(spec, full_size)
+    config = config_for(spec, full_size)
     if spec.task in (CLASSIFY, SCORE):
         model = AutoModelForSequenceClassification.from_config(config)
     else:

@@ -134,13 +134,20 @@ class Worker:
                 job = self._jobs.popleft() if self._jobs else None
                 self._in_job = job is not None
                 active = list(self._active)
-            with torch.inference_mode():
-                if job is not None:
-                    fn, fut = job
-                    try:
-                        fut.set_result(fn())
-                    except BaseException as exc:   # the caller gets it; the worker goes on
-                        fut.set_exception(exc)
-                    self._in_job = False
-                for t in active:
-                    t.turn()
+            self._work(job, active)
+            job = active = None   # nothing of it kept while lingering (see _work)
+
+    def _work(self, job, active: list) -> None:
+        """One job and one turn of everything active. A method of its own so
+        that nothing of the job outlives it while the thread lingers: a
+        finished job's locals would keep a model let go (engine.py) alive."""
+        with torch.inference_mode():
+            if job is not None:
+                fn, fut = job
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:   # the caller gets it; the worker goes on
+                    fut.set_exception(exc)
+                self._in_job = False
+            for t in active:
+                t.turn()

@@ -1,6 +1,7 @@
 """What the page shows on the fast CPU roads is what fp32 would show, on
 512-token texts: a token's probability within 0.02, label scores within
-0.02, perplexity within 2 %; and a seed gives the same text every time the
+0.02, perplexity within 2 %, a classifier's probabilities within 0.02 and a
+scorer's logit within 0.05; and a seed gives the same text every time the
 model serves it alone, before and after other traffic, on every road."""
 
 from __future__ import annotations
@@ -86,6 +87,30 @@ def test_label_scores_of_a_long_tweet_match_fp32(served, road):
     text = "\n".join(standins._corpus_lines())[:1800]   # ~500 tokens with the prompt
     got, want = classification.score_labels(fast, text), classification.score_labels(ref, text)
     assert max(abs(got[k] - want[k]) for k in want) <= 0.02
+
+
+@pytest.mark.parametrize("key", ["ttl-160m-imdb", "ttl-460m-agnews", "ttl-160m-assin2"])
+@pytest.mark.parametrize("road", ["int8", "bf16"])
+def test_classifier_probabilities_of_a_long_text_match_fp32(served, key, road):
+    fast, ref = served(key, road), served(key, "off")
+    assert fast.fast == road and fast.resident < ref.resident
+    text = "\n".join(standins._corpus_lines())
+    rows = [{name: text[i * 500:i * 500 + 1500] for i, name in enumerate(ref.spec.inputs)},
+            {name: text[:40 + i] for i, name in enumerate(ref.spec.inputs)}]
+    for got, want in zip(classification.classify(fast, rows), classification.classify(ref, rows)):
+        assert max(abs(got[k] - want[k]) for k in want) <= BOUND[road]
+
+
+@pytest.mark.parametrize("road", ["int8", "bf16"])
+def test_best_of_n_scores_match_fp32(served, road):
+    """The reward and the guardrail's score (kept at 5 and above) move by
+    less than 0.05 on a long answer."""
+    text = "\n".join(standins._corpus_lines())
+    pairs = [("Qual é a capital do Brasil?", text[:2000]), ("Oi", "Olá!")]
+    for key in ("reward-pt", "toxiguard-pt"):
+        fast, ref = served(key, road), served(key, "off")
+        got, want = classification.score_pairs(fast, pairs), classification.score_pairs(ref, pairs)
+        assert max(abs(a - b) for a, b in zip(got, want)) <= 0.05
 
 
 def sampled(m, text: str, seed: int) -> list[int]:
