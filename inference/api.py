@@ -275,11 +275,12 @@ def check_messages(messages) -> list[dict[str, str]]:
     return out
 
 
-def _scorer(engine: Engine, key: str | None, what: str, notes: list[str]) -> Loaded | None:
+def _scorer(engine: Engine, key: str | None, what: str, notes: list[str],
+            status: Status) -> Loaded | None:
     if key is None:
         return None
     try:
-        m = engine.load(key)
+        m = engine.load(key, status=status)
     except ModelUnavailable as exc:
         notes.append(f"⚠️ {exc} Chat goes on without it: {WITHOUT[what]}.")
         return None
@@ -323,8 +324,8 @@ def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet
         return
     status("Scoring the candidates")
     notes: list[str] = []
-    reward = _scorer(engine, spec.reward_model, "reward", notes)
-    guard = _scorer(engine, spec.guard_model, "guard", notes)
+    reward = _scorer(engine, spec.reward_model, "reward", notes, status)
+    guard = _scorer(engine, spec.guard_model, "guard", notes, status)
     question = messages[-1]["content"]
     candidates = bestofn.score(question, texts, reward, guard)
     yield Answer(candidates, bestofn.pick(candidates), notes)

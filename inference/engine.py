@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -107,6 +108,9 @@ class Engine:
     def _cached(self, name: tuple[str, str], hold: bool) -> Loaded | None:
         with self._guard:
             m = self._cache.get(name)
+            if m and m.retry_at and time.monotonic() >= m.retry_at and not m.users:
+                del self._cache[name]   # a stand-in standing in after a failure: try again
+                return None
             if m:
                 self._cache.move_to_end(name)
                 m.users += hold

@@ -20,20 +20,27 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-HUB_PROBE_EVERY_S = 60.0   # a transient failure does not send every later load to a stand-in
+HUB_PROBE_EVERY_S = 60.0   # the hub's reachability is asked again after this
+# A model served by its stand-in after a failure is tried again at the first
+# request after each of these (seconds since the last try, the last one
+# repeating): a hub that was down for a minute does not leave the app on
+# stand-ins until a restart, and one that stays down is not asked at every
+# request.
+RETRY_AFTER_S = (30, 60, 120, 300, 600, 1800)
 
 STANDIN_ONLY = ("**{title}: stand-in.** The app was started with `--standin`: this model has "
                 "the real architecture, tokenizer kind and special tokens, but tiny weights "
                 "that only saw a page of test text: its output says nothing about the real model.")
 FELL_BACK = ("**{title} could not be loaded, so this tab is serving its stand-in** (real "
              "architecture, tiny test weights: its output says nothing about the real model). "
-             "Why: {reason} Fix: {fix}")
+             "Why: {reason} Fix: {fix} It is tried again at a later request.")
 
 
 class Fallback:
     def __init__(self, settings: Settings, device: torch.device, dtype: torch.dtype):
         self.settings, self.device, self.dtype = settings, device, dtype
         self._hub_ok: tuple[bool, float] | None = None   # (reachable, when probed)
+        self._failures: dict[str, int] = {}   # key -> failed loads in a row
 
     def load(self, spec: ModelSpec, revision: str,
              status: Callable[[str], None] = lambda msg: None, weights: bool = True) -> Loaded:
@@ -48,8 +55,10 @@ class Fallback:
                 status(f"Loading {spec.title} from its local directory…")
                 return self._from(spec, revision, local, f"directory {local}", weights)
             status(f"Downloading or loading {spec.title} ({revision}) from the Hugging Face Hub…")
-            return self._from(spec, revision, spec.hub_id, f"hub {spec.hub_id}@{revision}",
-                              weights)
+            loaded = self._from(spec, revision, spec.hub_id, f"hub {spec.hub_id}@{revision}",
+                                weights)
+            self._failures.pop(spec.key, None)
+            return loaded
         except Exception as exc:   # any failure: report it in the tab, never crash
             reason, fix = self._explain(spec, local, exc)
             log.warning("%s could not be loaded: %s", spec.key, reason)
@@ -57,9 +66,12 @@ class Fallback:
             # tokenizer would garble its text.
             if s.strict or not weights:
                 raise ModelUnavailable(f"{spec.title} could not be loaded: {reason}", fix) from exc
-            return self._standin(spec, revision, status,
-                                 FELL_BACK.format(title=spec.title, reason=reason, fix=fix),
-                                 weights)
+            loaded = self._standin(spec, revision, status,
+                                   FELL_BACK.format(title=spec.title, reason=reason, fix=fix),
+                                   weights)
+            tries = self._failures[spec.key] = self._failures.get(spec.key, 0) + 1
+            loaded.retry_at = time.monotonic() + RETRY_AFTER_S[min(tries, len(RETRY_AFTER_S)) - 1]
+            return loaded
 
     def _from(self, spec, revision, where, source, weights, is_standin=False) -> Loaded:
         return from_pretrained(spec, revision, where, source, self.settings, self.device,

@@ -187,8 +187,9 @@ def apply(model: nn.Module, device: torch.device, mode: str = "auto",
           decodes: bool = True) -> tuple[nn.Module, str]:
     """The model as the fast path serves it, and the road taken ('off',
     'int8', 'bf16'). Only CPU models change. A model that does not decode
-    (a classifier, a scorer) keeps its layers' shapes and its head; int8
-    makes it a quarter of its size and 2-3x faster on long inputs."""
+    (a classifier, a scorer) keeps its layers' shapes and its head. int8
+    took a full-size TeenyTinyLlama-160m classifier from 525 to 202 MB and
+    made it 1.4-2.4x faster on 20-1,500 characters."""
     if device.type != "cpu":
         return model, "off"
     road = resolve(mode)

@@ -47,6 +47,7 @@ class Loaded:
     config: object = None        # the model's config (label maps, vocab size)
     resident: int = 0            # bytes its tensors hold (memory.py)
     users: int = 0               # requests using it now (the engine never lets it go then)
+    retry_at: float | None = None   # a stand-in after a failure: when to try the model again
     # Set by the engine: the backend that computes it and the engine's
     # compute thread, where every forward pass runs (worker.py).
     backend: "Backend | None" = None

@@ -1,7 +1,9 @@
 """Loading: stand-ins keep the real configs; local directories load through
 the same from_pretrained path as the hub; failures become clear messages."""
 
+import shutil
 import threading
+import time
 
 import pytest
 import torch
@@ -52,6 +54,29 @@ def test_missing_local_directory_falls_back_with_a_banner(tmp_path, engine):
     m = e.load("ttl-160m-imdb")
     assert m.is_standin
     assert "does not exist" in m.notice and "--local" in m.notice or "TTL_LOCAL_DIRS" in m.notice
+
+
+def test_a_model_that_failed_is_tried_again_later_with_growing_waits(tmp_path, engine,
+                                                                     monkeypatch):
+    """The model's directory appears after the first try (a download that
+    finished, a disk mounted late): a later request gets the model itself."""
+    where = tmp_path / "imdb"
+    e = Engine(Settings(local_dirs={"ttl-160m-imdb": str(where)},
+                        standin_dir=engine.settings.standin_dir))
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    first = e.load("ttl-160m-imdb")
+    assert first.is_standin and "tried again" in first.notice
+    clock[0] += 29
+    assert e.load("ttl-160m-imdb") is first   # not yet
+    clock[0] += 2
+    second = e.load("ttl-160m-imdb")   # tried again, failed again: the next wait is longer
+    assert second is not first and second.is_standin
+    assert second.retry_at - clock[0] == 60
+    shutil.copytree(standins.ensure("ttl-160m-imdb", root=engine.settings.standin_dir), where)
+    clock[0] += 61
+    third = e.load("ttl-160m-imdb")
+    assert not third.is_standin and third.notice is None and third.retry_at is None
 
 
 def test_strict_mode_reports_instead_of_falling_back(tmp_path):
