@@ -28,7 +28,7 @@ def test_handlers_run_under_spaces_gpu_only_on_zero_gpu(monkeypatch, engine):
     wrapped = []
     spaces = types.ModuleType("spaces")
     spaces.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
-    spaces.GPU = lambda fn: wrapped.append(fn) or fn
+    spaces.GPU = lambda duration: lambda fn: wrapped.append(fn) or fn
     monkeypatch.setitem(sys.modules, "spaces", spaces)
 
     def handler(engine, text):
@@ -51,3 +51,50 @@ def test_zero_gpu_stop_takes_the_request_out_of_its_batch_at_once():
     next(tokens)
     tokens.close()   # inline: the closing caller runs the turn that drops it
     assert not decoder.decoder_for(ttl).rows
+
+
+# A stand-in for the `spaces` package, strict where ZeroGPU is: it must be
+# imported before torch (it patches torch's CUDA setup on import), and it
+# records every `spaces.GPU(duration=...)` the app asks for.
+FAKE_SPACES = '''
+import sys
+if "torch" in sys.modules:
+    raise RuntimeError("spaces imported after torch: ZeroGPU could not set up CUDA")
+WRAPPED = []
+
+def GPU(fn=None, duration=60):
+    def wrap(f):
+        WRAPPED.append((f.__name__, duration))
+        return f
+    return wrap(fn) if fn is not None else wrap
+'''
+
+PROBE = '''
+import app
+import spaces
+from inference.engine import Engine
+from inference.settings import Settings
+app.build(Engine(Settings.from_env()))
+d = dict(spaces.WRAPPED)
+print(d["generate"](None, "Olá", max_new_tokens=150, completions=4),
+      d["generate"](None, "Olá", max_new_tokens=10),
+      d["respond"](None, "Oi", max_new_tokens=2000, n=4),
+      d["classify_batch"](None, None, "a\\nb", "ttl-160m-imdb"),
+      d["classify"](None, "bom"))
+'''
+
+
+def test_on_zero_gpu_spaces_comes_before_torch_and_each_call_asks_for_its_time(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+    (tmp_path / "spaces.py").write_text(FAKE_SPACES)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{root}", "SPACES_ZERO_GPU": "true",
+           "TTL_STANDIN": "1"}
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    four_long, short, capped, batch, one = map(int, out.stdout.split()[-5:])
+    assert (four_long, short, capped, batch, one) == (
+        common.GPU_BASE_S + 30, common.GPU_BASE_S, common.GPU_MAX_S, 120, common.GPU_BASE_S)

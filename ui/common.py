@@ -24,13 +24,47 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MAX_TEXT_CHARS = api.MAX_TEXT_CHARS
 
 
+# What a ZeroGPU call asks for: the GPU is held (and the visitor's quota
+# checked) for at most this long, so a request asks for what it needs: a
+# base for the first forward passes, and its new tokens at a generous rate
+# for a model of this size on a shared GPU. A batch asks for its time limit.
+GPU_BASE_S, GPU_S_PER_TOKEN, GPU_MAX_S = 15, 0.05, 120
+
+
+def gpu_seconds(handler):
+    """The duration `spaces.GPU` asks for, from the call's own arguments
+    (ZeroGPU passes the handler's arguments to it)."""
+    signature = inspect.signature(handler)
+
+    def duration(*args, **kwargs) -> int:
+        try:
+            given = signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return GPU_MAX_S
+        if "file" in given:   # a batch
+            return min(GPU_MAX_S, api.MAX_BATCH_SECONDS)
+        tokens = _number(given.get("max_new_tokens"), 0)
+        count = _number(given.get("completions", given.get("n")), 1)
+        return int(min(GPU_MAX_S, GPU_BASE_S + GPU_S_PER_TOKEN * tokens * count))
+    return duration
+
+
+def _number(value, default: float) -> float:
+    """A slider's or a client's value as a number (the handler itself
+    refuses one that is not)."""
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return default
+
+
 def on_gpu(engine: api.Engine, handler):
     """`handler` as it is, or, on a ZeroGPU Space (the engine in ZeroGPU mode
     and the `spaces` package present), under `spaces.GPU`, which holds a GPU
-    for the duration of each call."""
+    for each call, as long as `gpu_seconds` says the call needs."""
     if engine.settings.zero_gpu and importlib.util.find_spec("spaces"):
         import spaces
-        return spaces.GPU(handler)
+        return spaces.GPU(duration=gpu_seconds(handler))(handler)
     return handler
 
 
