@@ -1,9 +1,12 @@
-"""Screenshots of every tab, light and dark, for README and talks.
+"""Screenshots of every tab, light and dark, and of the first screen on a
+phone (390x844) and on a projector (1280x800, presentation mode), for README
+and talks.
 
     python scripts/screenshots.py [--out docs/screenshots]
 
-Starts the app on stand-ins on a free loopback port, uses each tab once as a
-person would, and saves PNGs. Needs Debian's Chromium at /usr/bin/chromium.
+Starts the app on stand-ins (TTL_STANDIN_DIR reuses built ones) on a free
+loopback port, uses each tab once as a person would, and saves PNGs. Needs
+Debian's Chromium at /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ def use_tab(page, title: str) -> None:
         page.wait_for_selector(ready, timeout=60_000)
 
 
+# file stem -> (viewport, query, tab, what to scroll to): one screen, as it is seen
+SCREENS = {
+    "phone-generation": ((390, 844), "", "Text generation", None),
+    "phone-chat": ((390, 844), "", "Instruction chat", None),
+    "projector-generation": ((1280, 800), "?present=1", "Text generation", None),
+    "projector-benchmarks": ((1280, 800), "?present=1", "Benchmarks", ".js-plotly-plot"),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
@@ -58,7 +70,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
     from tests.conftest import free_port
 
-    engine = Engine(Settings(standin=True))
+    engine = Engine(Settings.from_env(standin=True))
     demo = app.build(engine)
     port = free_port()
     app.launch(demo, engine, server_name="127.0.0.1", server_port=port,
@@ -75,6 +87,19 @@ def main() -> None:
                     path = args.out / f"{stem}-{theme}.png"
                     page.screenshot(path=str(path), full_page=True)
                     print(path)
+                page.close()
+            for stem, ((width, height), query, title, where) in SCREENS.items():
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(f"http://127.0.0.1:{port}/{query}")
+                page.wait_for_selector("button:has-text('Generate')", timeout=60_000)
+                use_tab(page, title)
+                if where:
+                    page.locator(where).first.evaluate("e => e.scrollIntoView({block: 'center'})")
+                else:
+                    page.evaluate("window.scrollTo(0, 0)")
+                path = args.out / f"{stem}.png"
+                page.screenshot(path=str(path))
+                print(path)
                 page.close()
             browser.close()
     finally:
