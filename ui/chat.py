@@ -95,7 +95,7 @@ def _answer(engine, message, history, use_history, temperature, top_k, top_p,
         notes = [started.notice] if started.notice else []
 
         def banner():   # the stand-in and missing-scorer notices gathered so far
-            return gr.Markdown("\n\n".join(notes), visible=bool(notes))
+            return common.notice("\n\n".join(notes))
 
         texts = [""] * len(started.samplings)
         for event in events:
