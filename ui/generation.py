@@ -20,6 +20,10 @@ EXAMPLES = [
     "Em meio a um escândalo, a frente parlamentar pediu ao Senador Silva para",
 ]
 MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
+# Every checkpoint of every model, for the API's schema: a client sees the
+# page as first built, so the revision input declares them all. The page
+# narrows the list to the chosen model's.
+REVISIONS = list(dict.fromkeys(r for s in by_task(GENERATE) for r in s.revisions))
 MAX_COMPLETIONS = api.MAX_COMPLETIONS
 RUN_EVERY_S = 0.25   # how stale "Why this token?" can be mid-stream (the run is resent whole)
 
@@ -37,6 +41,12 @@ def prob_band(p: float) -> str:
 def surprise_band(bits: float) -> str:
     return next(name for hi, name, _ in SURPRISE_BANDS if bits < hi) if bits < float("inf") \
         else SURPRISE_BANDS[-1][1]
+
+
+def token_cell(text: str) -> str:
+    """A token as a table cell shows it: quoted, so that its leading space
+    or a newline can be seen (the Benchmarks tab shows tokens this way too)."""
+    return repr(text)
 
 
 def figures(started, runs: list[dict]) -> str:
@@ -68,7 +78,7 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
     Args:
         text: the prompt to continue, in Portuguese.
         model_key: "ttl-160m" or "ttl-460m".
-        revision: a training checkpoint, "main" or e.g. "step100000".
+        revision: a training checkpoint of that model, "main" or e.g. "step100000" (one it lacks is refused with its list).
         temperature: sampling temperature, 0.01 to 5 (the card: 0.2).
         top_k: keep the k most likely tokens, 0 = off (the card: 20).
         top_p: keep the most likely tokens up to this mass (the card: 0.2).
@@ -135,8 +145,8 @@ def explain(engine, run, which=1):
     infos = api.explain(engine, run.get("model"), run.get("revision"), run.get("prompt"),
                         done[which - 1].get("drawn"))
     spans = [(t.text, prob_band(t.prob)) for t in infos]
-    table = [[i + 1, repr(t.text), round(t.prob, 4),
-              " · ".join(f"{a!r} {p:.3f}" for a, p in t.alternatives)]
+    table = [[i + 1, token_cell(t.text), round(t.prob, 4),
+              " · ".join(f"{token_cell(a)} {p:.3f}" for a, p in t.alternatives)]
              for i, t in enumerate(infos)]
     return spans, table
 
@@ -150,7 +160,7 @@ def perplexity(engine, text, model_key="ttl-160m", revision="main",
     Args:
         text: the text to score.
         model_key: "ttl-160m" or "ttl-460m".
-        revision: a training checkpoint, "main" or e.g. "step100000".
+        revision: a training checkpoint of that model, "main" or e.g. "step100000" (one it lacks is refused with its list).
     """
     scored = api.perplexity(engine, model_key, text, revision, status=common.status(progress))
     p, context = scored.perplexity, REGISTRY[model_key].max_input_tokens
@@ -183,10 +193,10 @@ def build(engine) -> None:
             figures_md = gr.Markdown(elem_classes="figures", elem_id="gen-figures")
         with gr.Column(scale=2):
             model = gr.Dropdown(MODELS, value="ttl-160m", label="Model")
-            # Custom values pass Gradio's own check so that API clients can ask
-            # for any model's checkpoint; the engine refuses ones it lacks.
-            revision = gr.Dropdown(list(REGISTRY["ttl-160m"].revisions), value="main",
-                                   label="Checkpoint (training step)", allow_custom_value=True)
+            # Custom values pass Gradio's own check too: the engine refuses a
+            # checkpoint the model lacks with that model's list.
+            revision = gr.Dropdown(REVISIONS, value="main", label="Checkpoint (training step)",
+                                   allow_custom_value=True)
             temperature, top_k, top_p, rep, max_new = common.sampling_controls(
                 d, api.MAX_NEW_TOKENS_CAP)
             greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
@@ -194,8 +204,9 @@ def build(engine) -> None:
                              label="Seed (−1 = random; completion k uses seed + k − 1)")
             # A slider, not a Radio: Gradio's schema types a Radio of numbers
             # as text, which API and MCP clients then cannot satisfy.
-            completions = gr.Slider(1, MAX_COMPLETIONS, 1, step=1,
-                                   label="Completions side by side")
+            # precision=0 makes the schema say integer and passes an int.
+            completions = gr.Slider(1, MAX_COMPLETIONS, 1, step=1, precision=0,
+                                    label="Completions side by side")
     with gr.Accordion("Why this token?", open=False):
         gr.Markdown("Each generated token coloured by the probability it had in the "
                     "distribution it was drawn from: the model's softmax after the repetition "
@@ -215,8 +226,9 @@ def build(engine) -> None:
         ppl_tokens = gr.HighlightedText(label="Surprise per token (−log₂ p)", show_legend=True,
                                         color_map={name: c for _, name, c in SURPRISE_BANDS})
 
-    model.change(lambda k: gr.Dropdown(choices=list(REGISTRY[k].revisions), value="main"),
-                 model, revision, api_visibility="private")
+    # On load too: the page offers only the chosen model's checkpoints.
+    gr.on(None, lambda k: gr.Dropdown(choices=list(REGISTRY[k].revisions), value="main"),
+          model, revision, api_visibility="private")
     completions.change(lambda n: [gr.Textbox(visible=i < int(n)) for i in range(MAX_COMPLETIONS)],
                        completions, outputs, api_visibility="private")
     inputs = [prompt, model, revision, temperature, top_k, top_p, rep, max_new, greedy, seed,
