@@ -3,6 +3,7 @@ digit, every figure builds, and 'measured here' measures."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -13,8 +14,9 @@ import gradio as gr
 import pytest
 import torch
 
-from inference import api, measure
+from inference import api, generation, measure
 from ui import benchmarks
+from ui import generation as generation_tab
 
 ASSETS = benchmarks.TABLES
 META = json.loads((ASSETS / "tables.json").read_text())["tables"]
@@ -201,3 +203,43 @@ def test_measure_here_reports_apart_from_published(engine):
 def test_measure_here_rejects_bad_input(engine, text, key):
     with pytest.raises(gr.Error):
         benchmarks.measure_here(engine, text, key)
+
+
+def test_measured_speed_of_aira_is_its_answer_to_the_text_in_its_chat_format(engine, monkeypatch):
+    aira = engine.load("aira-2-124m")
+    prompts, real = {}, generation.stream_tokens
+
+    def seen(m, ids, *args, **kwargs):
+        prompts[m.spec.key] = list(ids)
+        return real(m, ids, *args, **kwargs)
+    monkeypatch.setattr(generation, "stream_tokens", seen)
+    _, speeds, _ = benchmarks.measure_here(engine, "O que é uma lhama?", "ttl-160m")
+    row = speeds.set_index("model").loc["Aira-2-portuguese-124M"]
+    assert int(row["new tokens"]) > 1 and float(row["tokens/s"]) > 0
+    tok = aira.tokenizer   # Aira's card: bos + question + sep, then the answer
+    ends = tok.convert_ids_to_tokens([prompts["aira-2-124m"][0], prompts["aira-2-124m"][-1]])
+    assert ends == [tok.bos_token, tok.sep_token]
+
+
+def test_measured_surprisal_is_in_bits_with_tokens_as_the_generation_tab_shows_them(engine):
+    text = "A lhama é um animal\nda América do Sul."
+    _, _, surprisal = benchmarks.measure_here(engine, text, "ttl-160m")
+    p = api.perplexity(engine, "ttl-160m", text).perplexity
+    assert list(surprisal.columns) == ["token", "surprisal (bits)"]
+    cells = surprisal["token"].tolist()
+    assert cells == [generation_tab.token_cell(t.text) for t in p.tokens]
+    assert "".join(ast.literal_eval(c) for c in cells) == text   # spaces and newline shown
+    assert not any("▁" in c for c in cells)   # no raw SentencePiece pieces
+    bits = [float(b) for b in surprisal["surprisal (bits)"]]
+    assert bits == pytest.approx([-math.log2(t.prob) for t in p.tokens], abs=0.006)
+
+
+def test_no_table_is_shown_without_its_headers(engine):
+    with gr.Blocks() as demo:
+        benchmarks.build(engine)
+    tables = [b for b in demo.blocks.values() if isinstance(b, gr.Dataframe)]
+    assert len(tables) == 5
+    for table in tables:
+        assert table.value["headers"] != ["1", "2", "3"]
+    speeds = next(t for t in tables if t.elem_id == "bench-speeds")
+    assert speeds.value == {"headers": benchmarks.SPEED_COLUMNS, "data": [], "metadata": None}

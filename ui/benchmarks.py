@@ -23,6 +23,7 @@ from inference import api
 from inference.registry import GENERATE, REGISTRY, by_task
 
 from . import common
+from .generation import token_cell
 
 TABLES = common.ASSETS / "benchmarks"
 META = {t["name"]: t for t in json.loads((TABLES / "tables.json").read_text())["tables"]}
@@ -38,6 +39,10 @@ ORDERS = ("As published", "Best first", "Worst first")
 SECOND_AXIS = ("Energy (kWh)", "Emissions (kg CO2eq)", "None")
 PPL_MODELS = [(s.title, s.key) for s in by_task(GENERATE)]
 OWN_COLOUR, OTHER_COLOUR = "#d9480f", "#adb5bd"
+# The measured tables' columns, shown before the first measurement too;
+# tokens/s beside the model, so that it stays in view on a narrow screen.
+SPEED_COLUMNS = ["model", "tokens/s", "new tokens", "seconds", "revision", "device"]
+SURPRISAL_COLUMNS = ["token", "surprisal (bits)"]
 LAYOUT = dict(template="plotly_white", height=440, margin=dict(l=60, r=30, t=60, b=60),
               font=dict(size=14))
 
@@ -276,8 +281,8 @@ def measure_here(engine, text, model_key="ttl-160m", progress=gr.Progress()):
                              f"not {model_key!r}.")
     scored = api.perplexity(engine, model_key, text, status=common.status(progress))
     p, spec = scored.perplexity, REGISTRY[model_key]
-    rows = [[title, revision, label, speed.new_tokens, f"{speed.seconds:.2f}",
-             f"{speed.tokens_per_second:.1f}"]
+    rows = [[title, f"{speed.tokens_per_second:.1f}", speed.new_tokens, f"{speed.seconds:.2f}",
+             revision, label]
             for title, revision, label, speed in api.decoding_speeds(
                 engine, text, status=common.status(progress))]
     whose = "a **stand-in** (tiny random weights: these numbers say nothing about the real model)" \
@@ -287,14 +292,23 @@ def measure_here(engine, text, model_key="ttl-160m", progress=gr.Progress()):
                f"{spec.title} on this machine ({scored.label}), {whose}, over {len(p.tokens)} "
                f"tokens of your text{cut}. Not comparable to the published perplexities, "
                "which were measured on the authors' held-out corpus.")
-    speeds = pd.DataFrame(rows, columns=["model", "revision", "device", "new tokens",
-                                         "seconds", "tokens/s"])
-    surprisal = pd.DataFrame([[t.text, f"{t.surprise_bits:.2f}"] for t in p.tokens],
-                             columns=["token", "surprisal (bits)"])
+    speeds = pd.DataFrame(rows, columns=SPEED_COLUMNS)
+    # Tokens as the generation tab's tables show them, in bits as there.
+    surprisal = pd.DataFrame([[token_cell(t.text), f"{t.surprise_bits:.2f}"] for t in p.tokens],
+                             columns=SURPRISAL_COLUMNS)
     return summary, speeds, surprisal
 
 
 # -- layout -------------------------------------------------------------------
+def table_view(value=None, **kwargs) -> gr.Dataframe:
+    """A table that fits the page: long headers and cells wrap, and a table
+    still too wide (the LLM-Notebooks ones, 16 columns) scrolls in its own
+    box. The class `pin-first` lets a style rule keep its first column (the
+    model) in view while it scrolls: Gradio 6.31 takes `pinned_columns` but
+    does not draw it."""
+    return gr.Dataframe(value, interactive=False, wrap=True, elem_classes="pin-first", **kwargs)
+
+
 def build(engine) -> None:
     gr.Markdown("Published figures, **exactly as published** (tables as text, digit for "
                 "digit). The TeenyTinyLlama models and the app's other served models are "
@@ -303,20 +317,24 @@ def build(engine) -> None:
 
     with gr.Accordion("Training: perplexity, energy and emissions", open=True):
         gr.Markdown(describe("ttl-460m-perplexity"))
-        with gr.Row():
-            with gr.Column(scale=3):
+        # Plot and table side by side at equal widths, the table's columns
+        # sized so that its headers wrap between words, not inside them.
+        with gr.Row(equal_height=False):
+            with gr.Column():
                 second = gr.Radio(list(SECOND_AXIS), value=SECOND_AXIS[0], label="Second axis")
                 ppl_plot = gr.Plot(perplexity_figure(), elem_id="bench-perplexity")
-            with gr.Column(scale=2):
-                gr.Dataframe(read("ttl-460m-perplexity"), interactive=False, label="As published")
+            with gr.Column():
+                table_view(read("ttl-460m-perplexity"), label="As published", max_height=640,
+                           column_widths=["14%", "18%", "20%", "26%", "22%"],
+                           elem_id="bench-training")
                 gr.DownloadButton("Download CSV", download_path("ttl-460m-perplexity"), size="sm")
         second.change(perplexity_figure, second, ppl_plot, api_name="perplexity_figure")
         gr.Markdown(describe("ttl-160m-perplexity"))
-        with gr.Row():
-            with gr.Column(scale=3):
+        with gr.Row(equal_height=False):
+            with gr.Column():
                 gr.Plot(checkpoints_figure(), elem_id="bench-checkpoints")
-            with gr.Column(scale=2):
-                gr.Dataframe(read("ttl-160m-perplexity"), interactive=False, label="As published")
+            with gr.Column():
+                table_view(read("ttl-160m-perplexity"), label="As published")
                 gr.DownloadButton("Download CSV", download_path("ttl-160m-perplexity"), size="sm")
 
     with gr.Accordion("Benchmarks and fine-tuning", open=True):
@@ -326,12 +344,10 @@ def build(engine) -> None:
             metric = gr.Dropdown(EVERY_METRIC, value=ALL, label="Metric")
             order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Sort")
         about = gr.Markdown(describe(first))
-        with gr.Row():
-            with gr.Column(scale=3):
-                bars = gr.Plot(bars_figure(first), elem_id="bench-bars")
-            with gr.Column(scale=2):
-                exact = gr.Dataframe(as_published(first), interactive=False, label="As published")
-                download = gr.DownloadButton("Download CSV", download_path(first), size="sm")
+        bars = gr.Plot(bars_figure(first), elem_id="bench-bars")
+        # Full width: the widest table has 16 columns.
+        exact = table_view(as_published(first), label="As published", elem_id="bench-exact")
+        download = gr.DownloadButton("Download CSV", download_path(first), size="sm")
         heat = gr.Plot(heatmap_figure(first), elem_id="bench-heatmap")
         table.change(benchmark_table, table, [metric, about, bars, heat, exact, download],
                      api_name="benchmark_table")
@@ -350,9 +366,11 @@ def build(engine) -> None:
                               value="A PUCRS é uma universidade privada localizada em Porto Alegre.")
             model = gr.Dropdown(PPL_MODELS, value="ttl-160m", label="Model for perplexity")
         go_button = gr.Button("Measure here", variant="primary")
-        result = gr.Markdown(elem_id="bench-measured")
-        with gr.Row():
-            speeds = gr.Dataframe(label="Decoding speed, measured here", interactive=False)
-            surprisal = gr.Dataframe(label="Surprisal per token, measured here", interactive=False)
+        result = gr.Markdown("*Nothing measured yet: press **Measure here**.*",
+                             elem_id="bench-measured")
+        speeds = table_view(headers=SPEED_COLUMNS, label="Decoding speed, measured here",
+                            elem_id="bench-speeds")
+        surprisal = table_view(headers=SURPRISAL_COLUMNS, elem_id="bench-surprisal", max_height=400,
+                               label="Surprisal per token (−log₂ p), measured here")
         go_button.click(common.bind(measure_here, engine), [text, model],
                         [result, speeds, surprisal], api_name="measure_here")
