@@ -1,6 +1,14 @@
-"""The classification tab in headless Chromium: one sentence, then a small CSV."""
+"""The classification tab in headless Chromium: one sentence, then a small
+CSV, whose results go when another classifier is chosen."""
+
+import time
 
 import pytest
+from playwright.sync_api import expect
+
+from conftest import wait_until
+from inference import classification
+from ui import classification as tab
 
 pytestmark = pytest.mark.browser
 
@@ -23,3 +31,38 @@ def test_classify_a_sentence_and_a_small_csv(page, tmp_path):
     body = page.locator("body").inner_text()
     assert "Adorei o filme." in body and "Péssimo, não recomendo." in body
     page.wait_for_selector("a[download]", timeout=10_000)
+
+    # Another classifier: the IMDB results, their chart and their download go.
+    page.get_by_role("combobox", name="Classifier").click()
+    page.get_by_role("option", name="TeenyTinyLlama-160m-AgNews (news topic)").click()
+    results = page.get_by_role("grid", name="Results")
+    expect(results).not_to_contain_text("Adorei o filme.")
+    expect(page.locator("#class-download")).to_be_hidden()
+    expect(results.locator("th[role=columnheader]").nth(1)).to_have_attribute("title", "title")
+    assert "POSITIVE" not in results.inner_text()
+
+
+def test_choosing_another_classifier_stops_the_running_batch(page, monkeypatch):
+    chunks = []
+    real = classification.classify_chunk
+
+    def slow(m, rows):   # ~0.2 s a chunk, so that the batch is surely still running
+        chunks.append(time.monotonic())
+        time.sleep(0.2)
+        return real(m, rows)
+    monkeypatch.setattr(classification, "classify_chunk", slow)
+    page.get_by_role("tab", name="Classification").click()
+    page.get_by_text("Batch: a CSV or one text per line").click()
+    page.get_by_label("Or paste one text per line").fill(
+        "\n".join(f"Um filme número {i}." for i in range(1000)))
+    page.get_by_role("button", name="Classify all").click()
+    assert wait_until(lambda: len(chunks) >= 2, 30)
+    page.get_by_role("combobox", name="Classifier").click()
+    page.get_by_role("option", name="TeenyTinyLlama-160m-AgNews (news topic)").click()
+    time.sleep(tab.ABANDONED_S + 1.0)   # the chunk running then may finish
+    after = len(chunks)
+    time.sleep(1.0)
+    assert len(chunks) == after < 1000 // classification.BATCH_CHUNK
+    results = page.get_by_role("grid", name="Results")
+    expect(results).not_to_contain_text("Um filme número")
+    expect(results.locator("th[role=columnheader]").nth(1)).to_have_attribute("title", "title")

@@ -147,6 +147,25 @@ def test_a_batch_with_bad_rows_completes(engine, tmp_path):
     assert len(saved) == 4 and list(saved.label[[0, 3]]) == list(good.label)
 
 
+def test_switching_the_classifier_empties_the_batch_results(engine):
+    df, counts, download, _ = batch_of(engine, None, "Adorei.\nPéssimo.", "ttl-160m-imdb")
+    assert list(df.columns) == ["row", "text", "label", "NEGATIVE", "POSITIVE", "error"]
+    assert len(df) == 2 and counts.rows.sum() == 2 and download.visible
+    table, chart, download = tab.no_results("ttl-160m-agnews")
+    assert table.empty and list(table.columns) == [
+        "row", "title", "text", "label", "MUNDO", "ESPORTES", "NEGÓCIOS", "TECNOLOGIA", "error"]
+    assert chart.empty and download.value is None and not download.visible
+
+
+def test_the_results_table_shows_the_classifiers_columns_before_any_batch(engine):
+    with gr.Blocks() as demo:
+        tab.build(engine)
+    results = next(b for b in demo.blocks.values() if isinstance(b, gr.Dataframe)
+                   and b.label == "Results")
+    assert results.value["headers"] == ["row", "text", "label", "NEGATIVE", "POSITIVE", "error"]
+    assert results.value["data"] == []
+
+
 def test_pasted_lines_and_upload_limits(engine, tmp_path):
     spec = REGISTRY["ttl-160m-assin2"]
     rows = tab.read_rows(spec, None, "Um gato dorme.\tUm animal dorme.\nsem tab\n\n")

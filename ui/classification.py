@@ -148,6 +148,20 @@ def read_rows(spec, file, lines) -> list[dict]:
     return rows
 
 
+def result_columns(spec) -> list[str]:
+    """A batch's results table: each row's texts, then its label, each
+    label's probability and why a row was skipped."""
+    return ["row", *spec.inputs, "label", *spec.labels, "error"]
+
+
+def no_results(model_key) -> tuple:
+    """The batch outputs emptied: the table keeps its headers (the
+    classifier's columns), the chart and the download go."""
+    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
+    return (pd.DataFrame(columns=result_columns(spec)), pd.DataFrame(columns=["label", "rows"]),
+            gr.File(None, visible=False))
+
+
 @common.engine_errors
 def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
     """Classify many texts at once: a table with the label and the
@@ -195,7 +209,7 @@ def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
         else:
             out.update(label="", **{l: None for l in spec.labels}, error=res)
         table.append(out)
-    df = pd.DataFrame(table)
+    df = pd.DataFrame(table, columns=result_columns(spec))
     counts = (df[df.label != ""].label.value_counts().reindex(spec.labels, fill_value=0)
               .rename_axis("label").reset_index(name="rows"))
     path = common.result_file(f"{model_key}-results.csv")
@@ -228,10 +242,12 @@ def build(engine) -> None:
         with gr.Row():
             run_batch = gr.Button("Classify all")
             stop_batch = gr.Button("Stop", variant="stop")
-        table = gr.Dataframe(label="Results", interactive=False)
+        table = gr.Dataframe(no_results(model.value)[0], label="Results", interactive=False,
+                             wrap=True)
         with gr.Row():
             chart = gr.BarPlot(x="label", y="rows", title="Label distribution")
-            download = gr.File(label="Download results", visible=False)
+            download = gr.File(label="Download results", visible=False,
+                               elem_id="class-download")
 
     def relabel(key):
         fields = REGISTRY[key].inputs
@@ -239,7 +255,6 @@ def build(engine) -> None:
                 gr.Textbox(label=FIELD_LABELS[fields[-1]], visible=len(fields) > 1),
                 gr.Textbox(visible=False))
 
-    model.change(relabel, model, [text, second, free], api_visibility="private")
     fn = common.bind(classify, engine)
     free_fn = common.bind(free_answer, engine)
     for event, exposure in ((run.click, dict(api_name="classify")),
@@ -251,3 +266,7 @@ def build(engine) -> None:
                             [table, chart, download, banner], api_name="classify_batch",
                             concurrency_id="classify")
     stop_batch.click(None, cancels=[batch], api_visibility="private")
+    # Another classifier: the previous one's batch stops and its results go.
+    model.change(relabel, model, [text, second, free], api_visibility="private")
+    model.change(no_results, model, [table, chart, download], cancels=[batch],
+                 api_visibility="private")
