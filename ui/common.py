@@ -107,10 +107,11 @@ def sampling_controls(defaults, max_new_tokens: int) -> tuple:
     defaults: temperature, top-k, top-p, repetition penalty, max new tokens."""
     d = defaults
     return (gr.Slider(0.01, 2.0, d["temperature"], step=0.01, label="Temperature"),
-            gr.Slider(0, 200, d["top_k"], step=1, label="Top-k (0 = off)"),
+            gr.Slider(0, 200, d["top_k"], step=1, precision=0, label="Top-k (0 = off)"),
             gr.Slider(0.01, 1.0, d["top_p"], step=0.01, label="Top-p"),
             gr.Slider(1.0, 2.0, d["repetition_penalty"], step=0.05, label="Repetition penalty"),
-            gr.Slider(1, max_new_tokens, d["max_new_tokens"], step=1, label="Max new tokens"))
+            gr.Slider(1, max_new_tokens, d["max_new_tokens"], step=1, precision=0,
+                      label="Max new tokens"))
 
 
 # Files made for visitors (results CSVs) live this long; Gradio's own cache
