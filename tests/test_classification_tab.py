@@ -200,7 +200,7 @@ def test_concurrent_requests_run_as_one_batch(imdb):
     texts = ["Ótimo!", "Um filme bem ruim, chato e longo demais.", "Gostei.", "Não gostei."]
     alone = [classification.classify(imdb, [{"text": t}])[0] for t in texts]
     b = classification.batcher(imdb)
-    seen = len(b.sizes)
+    b.sizes.clear()   # a log of the last 1,000 batches
     results = [None] * len(texts)
 
     def ask(i):
@@ -214,7 +214,7 @@ def test_concurrent_requests_run_as_one_batch(imdb):
             threading.Event().wait(0.001)
     for t in threads:
         t.join(timeout=30)
-    assert list(b.sizes)[seen:] == [len(texts)]
+    assert list(b.sizes) == [len(texts)]
     for got, want in zip(results, alone):
         assert all(abs(got[l] - want[l]) < 1e-5 for l in want)
 
