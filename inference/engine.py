@@ -133,7 +133,7 @@ class Engine:
         with self._guard:
             idle = [n for n, m in self._cache.items() if not m.users]   # least recent first
             same = [n for n in idle if n[0] == spec.key]
-            gone = same[:len(same) - CHECKPOINTS_KEPT + 1]   # past the checkpoints kept
+            gone = same[:max(0, len(same) + 1 - CHECKPOINTS_KEPT)]   # room for the new one
             resident = self.resident() - sum(self._cache[n].resident for n in gone)
             for n in idle:
                 if resident + need <= self.budget:

@@ -50,6 +50,21 @@ def engine() -> Engine:
     return engine_for_tests()
 
 
+@pytest.fixture
+def slow_chunks(monkeypatch) -> list[float]:
+    """Batches classified at ~0.2 s a chunk, so that one is surely still
+    running when a test stops it; the list gets each chunk's start time."""
+    from inference import classification
+    chunks, real = [], classification.classify_chunk
+
+    def slow(m, rows):
+        chunks.append(time.monotonic())
+        time.sleep(0.2)
+        return real(m, rows)
+    monkeypatch.setattr(classification, "classify_chunk", slow)
+    return chunks
+
+
 @pytest.fixture(scope="session")
 def ttl(engine):
     return engine.load("ttl-160m")

@@ -42,15 +42,8 @@ def test_classify_a_sentence_and_a_small_csv(page, tmp_path):
     assert "POSITIVE" not in results.inner_text()
 
 
-def test_choosing_another_classifier_stops_the_running_batch(page, monkeypatch):
-    chunks = []
-    real = classification.classify_chunk
-
-    def slow(m, rows):   # ~0.2 s a chunk, so that the batch is surely still running
-        chunks.append(time.monotonic())
-        time.sleep(0.2)
-        return real(m, rows)
-    monkeypatch.setattr(classification, "classify_chunk", slow)
+def test_choosing_another_classifier_stops_the_running_batch(page, slow_chunks):
+    chunks = slow_chunks
     page.get_by_role("tab", name="Classification").click()
     page.get_by_text("Batch: a CSV or one text per line").click()
     page.get_by_label("Or paste one text per line").fill(

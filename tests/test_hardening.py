@@ -51,15 +51,8 @@ def test_the_pages_own_events_are_not_callable_by_name(http):
     assert "event: complete" in result
 
 
-def test_a_cancelled_batch_stops_between_chunks(client, monkeypatch):
-    chunks = []
-    real = classification.classify_chunk
-
-    def slow(m, rows):   # ~0.2 s a chunk, so that the batch is surely still running
-        chunks.append(time.monotonic())
-        time.sleep(0.2)
-        return real(m, rows)
-    monkeypatch.setattr(classification, "classify_chunk", slow)
+def test_a_cancelled_batch_stops_between_chunks(client, slow_chunks):
+    chunks = slow_chunks
     lines = "\n".join(f"Um filme número {i}, bom ou ruim." for i in range(1000))
     job = client.submit(None, lines, "ttl-160m-imdb", api_name="/classify_batch")
     assert wait_until(lambda: len(chunks) >= 3, 30)
