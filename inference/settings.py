@@ -91,6 +91,18 @@ def _megabytes(text: str) -> int | None:
     return int(text)
 
 
+def default_data_dir(env: Mapping[str, str] | None = None) -> str:
+    """TTL_DATA_DIR; else a Space's persistent storage where it has one,
+    else the user's data folder."""
+    env = os.environ if env is None else env
+    if env.get("TTL_DATA_DIR", "").strip():
+        return env["TTL_DATA_DIR"].strip()
+    if "SPACE_ID" in env and os.access("/data", os.W_OK):
+        return "/data/ttl-playground"
+    base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "ttl-playground")
+
+
 @dataclass(frozen=True)
 class Settings:
     device: str = "auto"
@@ -123,6 +135,9 @@ class Settings:
     # TTL_API_KEY: when set, the OpenAI-compatible routes want
     # `Authorization: Bearer <key>`.
     api_key: str | None = None
+    # TTL_DATA_DIR: what the app writes and keeps across restarts (votes,
+    # fine-tuned models). On a Space, /data is its persistent storage.
+    data_dir: str = field(default_factory=lambda: default_data_dir())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -147,6 +162,7 @@ class Settings:
             backend=backend, backends=backends, remotes=remotes,
             zero_gpu="SPACES_ZERO_GPU" in env,
             api_key=env.get("TTL_API_KEY") or None,
+            data_dir=default_data_dir(env),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

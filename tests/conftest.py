@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 # Tests never touch the network: the hub is off, stand-ins are on.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# What the app keeps (votes, fine-tuned models) goes to a folder of this run's.
+os.environ["TTL_DATA_DIR"] = tempfile.mkdtemp(prefix="ttl-data-")
 STANDIN_DIR = Path(os.environ.setdefault(
     "TTL_STANDIN_DIR", str(Path.home() / ".cache" / "ttl-playground" / "test-standins")))
 
