@@ -143,6 +143,18 @@ def test_every_figure_builds_with_the_published_numbers():
     assert ppl.data[1].yaxis == "y2"
 
 
+def test_chart_titles_fit_a_phone_and_the_legend_sits_above_the_plot():
+    """Plotly neither wraps a title nor moves a legend on a narrow screen:
+    the titles are wrapped to a phone's width, and the legends lie flat
+    above the plot instead of taking its width at the right."""
+    for fig in benchmarks.all_figures():
+        lines = fig.layout.title.text.split("<br>")
+        assert all(len(line) <= benchmarks.TITLE_CHARS for line in lines), lines
+        assert " ".join(lines).replace(" ", "") == fig.layout.title.text.replace("<br>", "").replace(" ", "")
+        assert fig.layout.legend.orientation == "h"
+        assert fig.layout.margin.t >= 20 + 22 * len(lines)
+
+
 def test_sorting_follows_the_metric_direction():
     mse = "Assin2 STS Score Mse"   # lower is better
     _, df = benchmarks.benchmark_metric("notebooks-encoders", mse, "Best first")

@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 
 import gradio as gr
@@ -45,6 +46,28 @@ SPEED_COLUMNS = ["model", "tokens/s", "new tokens", "seconds", "revision", "devi
 SURPRISAL_COLUMNS = ["token", "surprisal (bits)"]
 LAYOUT = dict(template="plotly_white", height=440, margin=dict(l=60, r=30, t=60, b=60),
               font=dict(size=14))
+# Plotly does not wrap titles: one line of a chart's title holds this many
+# characters on a 390-px phone.
+TITLE_CHARS = 36
+
+
+def laid_out(fig: go.Figure, title: str, **layout) -> go.Figure:
+    """Every chart's layout. The title is wrapped by hand and the legend laid
+    flat under it, so that on a phone neither is cut off nor takes the plot's
+    width; the axes make room for their own labels."""
+    lines = textwrap.wrap(title, TITLE_CHARS)
+    height, top = layout.pop("height", LAYOUT["height"]), 20 + 22 * len(lines)
+    fig.update_layout(**LAYOUT)
+    fig.update_layout(
+        height=height, margin=dict(t=top + 10),
+        title=dict(text="<br>".join(lines), font=dict(size=16), x=0.02, xanchor="left",
+                   yref="container", y=1 - 14 / height, yanchor="top"),
+        legend=dict(orientation="h", x=0, xanchor="left",
+                    yref="container", y=1 - (top + 4) / height, yanchor="top"),
+        **layout)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
 
 
 # -- the tables ---------------------------------------------------------------
@@ -142,12 +165,10 @@ def perplexity_figure(second: str = SECOND_AXIS[0]) -> go.Figure:
                         hovertemplate=f"%{{customdata}} tokens: %{{text}} {second}<extra></extra>",
                         line=dict(color="#1971c2", dash="dot"))
         fig.update_layout(yaxis2=dict(title=second, overlaying="y", side="right", showgrid=False))
-    fig.update_layout(title="TeenyTinyLlama-460m: perplexity by processed tokens",
-                      xaxis=dict(title="processed tokens", tickvals=list(x),
-                                 ticktext=list(df["Processed Tokens"])),
-                      yaxis_title="perplexity (lower is better)",
-                      legend=dict(orientation="h", y=-0.2), **LAYOUT)
-    return fig
+    return laid_out(fig, "TeenyTinyLlama-460m: perplexity by processed tokens",
+                    xaxis=dict(title="processed tokens", tickvals=list(x),
+                               ticktext=list(df["Processed Tokens"])),
+                    yaxis_title="perplexity (lower is better)")
 
 
 def checkpoints_figure() -> go.Figure:
@@ -160,9 +181,8 @@ def checkpoints_figure() -> go.Figure:
                         mode="lines+markers", text=df["Perplexity"],
                         hovertemplate="step %{x}: perplexity %{text}<extra>" + label + "</extra>",
                         line=dict(color=colour, width=3))
-    fig.update_layout(title="Perplexity by checkpoint", xaxis_title="training step",
-                      yaxis_title="perplexity (lower is better)", **LAYOUT)
-    return fig
+    return laid_out(fig, "Perplexity by checkpoint", xaxis_title="training step",
+                    yaxis_title="perplexity (lower is better)")
 
 
 def bars_figure(name: str, metric: str = ALL, order: str = ORDERS[0]) -> go.Figure:
@@ -188,10 +208,11 @@ def bars_figure(name: str, metric: str = ALL, order: str = ORDERS[0]) -> go.Figu
                     marker_color=[OWN_COLOUR if m in own else OTHER_COLOUR for m in df["model"]],
                     hovertemplate="%{x}: %{text}<extra></extra>")
     arrow = "" if metric == ALL else (" ↑" if t["directions"][metric] == "higher" else " ↓")
-    fig.update_layout(title=t["title"] + ("" if metric == ALL else f" — {metric}{arrow}"),
-                      yaxis_title=(metric if metric != ALL else "score") + (f" ({t['unit']})" if t["unit"] else ""),
-                      **LAYOUT)
-    return fig
+    # Grouped bars are taller: on a phone their legend of a dozen models
+    # takes a third of the height.
+    return laid_out(fig, t["title"] + ("" if metric == ALL else f" — {metric}{arrow}"),
+                    height=LAYOUT["height"] + (140 if metric == ALL else 0), yaxis_title=(metric if metric != ALL else "score")
+                    + (f" ({t['unit']})" if t["unit"] else ""))
 
 
 def heatmap_figure(name: str) -> go.Figure:
@@ -217,9 +238,8 @@ def heatmap_figure(name: str) -> go.Figure:
         z=z, x=cols, y=labels, text=df[cols].values, texttemplate="%{text}",
         colorscale="Blues", zmin=0, zmax=1, hovertemplate="%{y} · %{x}: %{text}<extra></extra>",
         colorbar=dict(title="best in column", tickvals=[0, 1], ticktext=["worst", "best"])))
-    fig.update_layout(title=t["title"] + " — models by tasks", **LAYOUT)
-    fig.update_layout(height=max(300, 60 + 36 * len(df)), yaxis=dict(autorange="reversed"))
-    return fig
+    return laid_out(fig, t["title"] + " — models by tasks", height=max(300, 60 + 36 * len(df)),
+                    yaxis=dict(autorange="reversed"))
 
 
 def all_figures() -> list[go.Figure]:
@@ -322,7 +342,7 @@ def build(engine) -> None:
         with gr.Row(equal_height=False):
             with gr.Column():
                 second = gr.Radio(list(SECOND_AXIS), value=SECOND_AXIS[0], label="Second axis")
-                ppl_plot = gr.Plot(perplexity_figure(), elem_id="bench-perplexity")
+                ppl_plot = gr.Plot(perplexity_figure(), show_label=False, elem_id="bench-perplexity")
             with gr.Column():
                 table_view(read("ttl-460m-perplexity"), label="As published", max_height=640,
                            column_widths=["14%", "18%", "20%", "26%", "22%"],
@@ -332,7 +352,7 @@ def build(engine) -> None:
         gr.Markdown(describe("ttl-160m-perplexity"))
         with gr.Row(equal_height=False):
             with gr.Column():
-                gr.Plot(checkpoints_figure(), elem_id="bench-checkpoints")
+                gr.Plot(checkpoints_figure(), show_label=False, elem_id="bench-checkpoints")
             with gr.Column():
                 table_view(read("ttl-160m-perplexity"), label="As published")
                 gr.DownloadButton("Download CSV", download_path("ttl-160m-perplexity"), size="sm")
@@ -344,11 +364,11 @@ def build(engine) -> None:
             metric = gr.Dropdown(EVERY_METRIC, value=ALL, label="Metric")
             order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Sort")
         about = gr.Markdown(describe(first))
-        bars = gr.Plot(bars_figure(first), elem_id="bench-bars")
+        bars = gr.Plot(bars_figure(first), show_label=False, elem_id="bench-bars")
         # Full width: the widest table has 16 columns.
         exact = table_view(as_published(first), label="As published", elem_id="bench-exact")
         download = gr.DownloadButton("Download CSV", download_path(first), size="sm")
-        heat = gr.Plot(heatmap_figure(first), elem_id="bench-heatmap")
+        heat = gr.Plot(heatmap_figure(first), show_label=False, elem_id="bench-heatmap")
         table.change(benchmark_table, table, [metric, about, bars, heat, exact, download],
                      api_name="benchmark_table")
         gr.on([metric.change, order.change], benchmark_metric, [table, metric, order], [bars, exact],
