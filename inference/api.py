@@ -463,5 +463,6 @@ def decoding_speeds(engine: Engine, text: str, status: Status = _quiet) -> list[
 
 # -- side by side: compare, blind A/B and votes, the training timeline (compare.py) --
 from .compare import (COLUMN_CHOICES, DEFAULT_COLUMNS, MAX_COLUMNS, Column, Issued, Plan,  # noqa: E402,F401
-                      Point, blind_match, compare, leaderboard, timeline, training_order, vote)
+                      Point, blind_match, compare, leaderboard, timeline, training_order, vote,
+                      name as column_name)
 from .votes import CHOICES as VOTE_CHOICES, Standing, Vote  # noqa: E402,F401

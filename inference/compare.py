@@ -24,7 +24,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Callable, Iterator
 
-from . import api, standins, votes
+from . import api, generation, standins, votes
 from .engine import Engine
 from .errors import EngineError
 from .registry import GENERATE, REGISTRY, by_task
@@ -204,9 +204,9 @@ def blind_match(engine: Engine, text: str, pool=(), status=api._quiet,
     seed, settings = _settings(columns, settings)
     p = plan(engine, columns, seed)
     yield p
-    cancel = cancel or threading.Event()
-    yield from _columns(engine, text, p, settings, status, cancel)
-    if not cancel.is_set():
+    # The columns' own stop (set when they end), which also reads the caller's.
+    yield from _columns(engine, text, p, settings, status, generation.Stop(cancel))
+    if cancel is None or not cancel.is_set():
         yield Issued(votes.issue(engine.settings.data_dir, name(columns[0]), name(columns[1])))
 
 
