@@ -187,7 +187,7 @@ def test_compare_timeline_and_a_vote_through_gradio_client(client):
         api_name="/compare")
     assert texts[0] and texts[1] and texts[2:] == ["", ""]
     for name in ("ttl-160m@step100000", "ttl-460m@main"):   # each column's own tokens/s
-        assert re.search(rf"\| {name} \| 6 \| [\d.]+ s \| \*\*[\d.]+\*\* \|", figures), figures
+        assert re.search(rf"\| {name} \| \d+ \| [\d.]+ s \| \*\*[\d.]+\*\* \|", figures), figures
     assert [(c["model"], c["revision"]) for c in record["columns"]] == [
         ("ttl-160m", "step100000"), ("ttl-460m", "main")]
 

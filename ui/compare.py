@@ -320,7 +320,7 @@ def build(engine) -> None:
                 greedy = gr.Checkbox(not d["do_sample"], label="Greedy (no sampling)")
                 seed = gr.Number(-1, precision=0, minimum=-1, maximum=api.MAX_SEED,
                                  label="Seed for every column (−1 = random)")
-        with gr.Accordion("Why this token?", open=False):
+        with gr.Accordion("Why this token?", open=False, elem_id="cmp-why-box"):
             with gr.Row():
                 which = gr.Radio(list(range(1, MAX_COLUMNS + 1)), value=1, label="Column")
                 why_btn = gr.Button("Why these tokens?")
