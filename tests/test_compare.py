@@ -206,3 +206,17 @@ def test_compare_timeline_and_a_vote_through_gradio_client(client):
     with pytest.raises(AppError, match="already been voted"):
         client.predict(match, "A", api_name="/vote")
 
+
+
+@pytest.mark.parametrize("api_name, args, says", [
+    ("/compare", ("   ", ["ttl-160m@main", "ttl-460m@main"]), "Please type some"),
+    ("/compare", ("A lhama", ["ttl-160m@main"]), "2 to 4"),
+    ("/compare", ("A lhama", ["ttl-160m@main", "ttl-160m@step900000"]), "ttl-160m@step900000"),
+    ("/timeline", ("Um texto.", "ttl-160m-imdb"), "ttl-160m-imdb"),
+    ("/blind_match", ("A lhama", ["ttl-160m@main"]), "at least 2"),
+    ("/vote", ("0" * 32, "A"), "not a match the app issued"),
+    ("/vote", ("", "A"), "Start a blind match"),
+])
+def test_bad_requests_get_a_message(client, api_name, args, says):
+    with pytest.raises(AppError, match=says):
+        client.predict(*args, api_name=api_name)

@@ -162,10 +162,15 @@ def timeline_figure(key: str, points: list) -> go.Figure:
                     text=list(given.values()), name="published (authors' evaluation)",
                     mode="lines+markers", line=dict(color=PUBLISHED_COLOUR, dash="dot", width=3),
                     hovertemplate="%{x}: %{text}<extra>published</extra>")
+    values = [p.perplexity for p in points] + [benchmarks.number(v) for v in given.values()]
+    finite = [v for v in values if 0 < v < float("inf")]
+    # Over several decades, ticks at powers of ten only: plotly's 2s and 5s between them
+    # read as the values themselves.
+    decades = dict(dtick=1) if finite and max(finite) / min(finite) > 30 else {}
     fig.update_layout(title=f"{REGISTRY[key].title}: perplexity along training",
                       xaxis=dict(title="checkpoint", categoryorder="array", categoryarray=order,
                                  range=[-0.5, len(order) - 0.5]),
-                      yaxis=dict(title="perplexity (log scale, lower is better)", type="log"),
+                      yaxis=dict(title="perplexity (log scale, lower is better)", type="log", **decades),
                       legend=dict(orientation="h", y=-0.25), **benchmarks.LAYOUT)
     return fig
 
@@ -345,7 +350,8 @@ def build(engine) -> None:
                 tl_plot = gr.Plot(elem_id="cmp-timeline")
             with gr.Column(scale=2):
                 tl_table = gr.Dataframe(headers=TIMELINE_COLUMNS, label="By checkpoint",
-                                        interactive=False, wrap=True, elem_id="cmp-timeline-table")
+                                        interactive=False, wrap=True, elem_id="cmp-timeline-table",
+                                        column_widths=["30%", "26%", "26%", "18%"])
 
     with gr.Accordion("Blind A/B", open=True):
         gr.Markdown("Two of the columns chosen above, drawn at random, continue the text "
