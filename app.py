@@ -26,11 +26,12 @@ from inference.settings import BACKENDS, DEVICES, DTYPES, Settings, parse_backen
 from inference.registry import DEFAULT_KEYS
 from server import openai_api
 from server.limits import BodyLimit, PublicEventsOnly, public_events
-from ui import benchmarks, chat, classification, common, generation
+from ui import benchmarks, chat, classification, common, compare, generation
 from ui.theme import CSS, HEAD, THEME, TOGGLE_PRESENT
 
 TABS = [("Text generation", generation), ("Instruction chat", chat),
         ("Classification", classification), ("Benchmarks", benchmarks)]
+TABS.insert(2, ("Compare", compare))   # the talk's centrepiece, after the two generating tabs
 
 # One line on a phone; what it means opens on a click (common.compact).
 STANDIN_BANNER = (

@@ -459,3 +459,10 @@ def decoding_speeds(engine: Engine, text: str, status: Status = _quiet) -> list[
             speed = measure.decoding_speed(m, text[:500])
             rows.append((m.spec.title, m.revision, m.label, speed))
     return rows
+
+
+# -- side by side: compare, blind A/B and votes, the training timeline (compare.py) --
+from .compare import (COLUMN_CHOICES, DEFAULT_COLUMNS, MAX_COLUMNS, Column, Issued, Plan,  # noqa: E402,F401
+                      Point, blind_match, compare, leaderboard, timeline, training_order, vote,
+                      name as column_name)
+from .votes import CHOICES as VOTE_CHOICES, Standing, Vote  # noqa: E402,F401

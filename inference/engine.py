@@ -89,7 +89,7 @@ class Engine:
             if m := self._cached(name, hold):
                 return m
             backend = self.backend_for(key)
-            need = memory.load_bytes(key, self._full_size) if backend.loads_weights else 0
+            need = self.load_cost(key)
             self._make_room(spec, need, status)
 
             def load() -> Loaded:
@@ -115,6 +115,11 @@ class Engine:
                 self._cache.move_to_end(name)
                 m.users += hold
             return m
+
+    def load_cost(self, key: str) -> int:
+        """Bytes a load of `key` takes at its peak (memory.py); 0 when a
+        server holds its weights."""
+        return memory.load_bytes(key, self._full_size) if self.backend_for(key).loads_weights else 0
 
     @property
     def _full_size(self) -> bool:

@@ -81,7 +81,7 @@ class Fallback:
                  weights: bool) -> Loaded:
         status(f"Preparing the stand-in for {spec.title} (built once, then cached)…")
         root = Path(self.settings.standin_dir) if self.settings.standin_dir else None
-        path = standins.ensure(spec.key, self.settings.full_size_standins, root)
+        path = standins.ensure(spec.key, self.settings.full_size_standins, root, revision)
         loaded = self._from(spec, revision, str(path), "stand-in, random weights", weights,
                             is_standin=True)
         loaded.notice = notice

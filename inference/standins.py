@@ -30,7 +30,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM,
 from .registry import CLASSIFY, SCORE, REGISTRY, ModelSpec
 
 CORPUS = Path(__file__).with_name("standin_corpus.txt")
-VERSION = "v5"  # bump when the stand-ins change, so caches rebuild
+CHECKPOINTS = "checkpoints"   # a stand-in's folder of training snapshots, by revision
+VERSION = "v6"  # bump when the stand-ins change, so caches rebuild
 
 # Configs: the published fields of each shape; "tiny" overrides only sizes,
 # keeping heads of 32 dimensions where vLLM serves them in the tests (the
@@ -204,9 +205,11 @@ def _training_text(spec: ModelSpec, tok) -> list[int]:
     return tok(turns, add_special_tokens=False)["input_ids"]
 
 
-def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
+def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int,
+                   after_step=lambda step: None) -> None:
     """A few steps on the corpus so that output distributions are not flat
-    and sampled text is made of real tokens.
+    and sampled text is made of real tokens; `after_step(k)` is called
+    after the k-th step (1-based), to save snapshots.
 
     The tokenizers produce ~2,000 of the configs' 32,000 (or 50,261) ids;
     the rest are fillers (`is_filler`). The output rows of the ids they
@@ -231,7 +234,7 @@ def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
     # Long windows: GPT-2 learns its position embeddings, and answers run
     # for a couple of hundred tokens.
     block, batch = 192, 4
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         starts = torch.randint(0, len(data) - block - 1, (batch,), generator=g)
         x = torch.stack([data[s:s + block + 1] for s in starts])
         hidden = model.base_model(input_ids=x[:, :-1]).last_hidden_state
@@ -245,7 +248,20 @@ def _train_briefly(model, tok, spec: ModelSpec, steps: int, seed: int) -> None:
                 head.grad[unused_rows] = 0
         opt.step()
         opt.zero_grad()
+        after_step(step)
     model.eval()
+
+
+def snapshot_steps(spec: ModelSpec, steps: int) -> dict[int, list[str]]:
+    """When a stand-in's one short training run saves each published
+    checkpoint: stepK after K / (the last published step) of its steps, so
+    that its checkpoints, like the real ones, get better as training goes
+    on ("main" is the end of the run). Training step -> revisions."""
+    published = {r: int(r.removeprefix("step")) for r in spec.revisions if r.startswith("step")}
+    out: dict[int, list[str]] = {}
+    for revision, k in published.items():
+        out.setdefault(max(1, round(steps * k / max(published.values()))), []).append(revision)
+    return out
 
 
 def build(spec: ModelSpec, out: Path, full_size: bool = False, train_steps: int | None = None) -> Path:
@@ -257,14 +273,10 @@ def build(spec: ModelSpec, out: Path, full_size: bool = False, train_steps: int 
     kind = SHAPES[spec.shape]["config"]["tokenizer"]
     tok = build_tokenizer(kind)
     config = config_for(spec, full_size)
-    if spec.task in (CLASSIFY, SCORE):
-        model = AutoModelForSequenceClassification.from_config(config)
-    else:
-        model = AutoModelForCausalLM.from_config(config)
-        steps = train_steps if train_steps is not None else (0 if full_size else 120)
-        if steps:
-            _train_briefly(model, tok, spec, steps, seed)
-    if spec.task != CLASSIFY and spec.task != SCORE:
+    classifier = spec.task in (CLASSIFY, SCORE)
+    model = (AutoModelForSequenceClassification if classifier
+             else AutoModelForCausalLM).from_config(config)
+    if not classifier:
         model.generation_config = GenerationConfig(
             bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
             pad_token_id=config.pad_token_id, use_cache=config.use_cache)
@@ -272,6 +284,18 @@ def build(spec: ModelSpec, out: Path, full_size: bool = False, train_steps: int 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
+        steps = 0 if classifier else (train_steps if train_steps is not None
+                                      else (0 if full_size else 120))
+        if steps:
+            # The training checkpoints, saved as the run passes them (an
+            # untrained full-size stand-in serves every checkpoint from one folder).
+            saves = snapshot_steps(spec, steps)
+
+            def save(step: int) -> None:
+                for revision in saves.get(step, []):
+                    model.save_pretrained(tmp / CHECKPOINTS / revision)
+                    tok.save_pretrained(tmp / CHECKPOINTS / revision)
+            _train_briefly(model, tok, spec, steps, seed, save)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if spec.adapter_setting:
@@ -306,13 +330,17 @@ def default_dir(full_size: bool = False, root: str | Path | None = None) -> Path
     return cache / f"{VERSION}-{'full' if full_size else 'tiny'}"
 
 
-def ensure(key: str, full_size: bool = False, root: Path | None = None) -> Path:
-    """The directory of `key`'s stand-in, building it on first use."""
+def ensure(key: str, full_size: bool = False, root: Path | None = None,
+           revision: str = "main") -> Path:
+    """The directory of `key`'s stand-in at `revision`, building it on first
+    use: a training checkpoint's snapshot where the build saved one, else
+    the end of its training run."""
     out = default_dir(full_size, root) / key
     if not _current(out / "config.json"):
         shutil.rmtree(out, ignore_errors=True)   # an older version's: build again
         build(REGISTRY[key], out, full_size=full_size)
-    return out
+    snapshot = out / CHECKPOINTS / revision
+    return snapshot if revision != "main" and snapshot.is_dir() else out
 
 
 def _current(config: Path) -> bool:

@@ -30,6 +30,7 @@ TABS = {
     "Classification": ("classification", "Classify", None),
     "Benchmarks": ("benchmarks", None, ".js-plotly-plot"),
 }
+TABS["Compare"] = ("compare", None, None)
 
 
 def use_tab(page, title: str) -> None:
@@ -42,11 +43,29 @@ def use_tab(page, title: str) -> None:
         box.press("Enter")
         page.wait_for_selector("#chat-bot [data-testid='bot']", timeout=180_000)
         page.wait_for_timeout(3000)
+    elif title == "Compare":
+        use_compare(page)
     elif button:
         page.get_by_role("button", name=button, exact=True).first.click()
         page.wait_for_timeout(4000)
     if ready:
         page.wait_for_selector(ready, timeout=60_000)
+
+
+def use_compare(page) -> None:
+    """Three columns, the 160m timeline, and a blind match voted on."""
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.wait_for_selector("#cmp-figures:has-text('seed')", timeout=120_000)
+    page.wait_for_function("() => !document.querySelector('#cmp-figures').innerText"
+                           ".includes('waiting')", timeout=120_000)
+    page.get_by_role("button", name="Measure every checkpoint").click()
+    page.wait_for_selector("#cmp-timeline-summary:has-text('5 of 5')", timeout=180_000)
+    page.get_by_role("button", name="New blind match").click()
+    page.wait_for_function("() => /^[0-9a-f]{32}$/.test(document.querySelector("
+                           "'#cmp-match textarea, #cmp-match input').value)", timeout=120_000)
+    page.get_by_role("button", name="Vote", exact=True).click()
+    page.wait_for_selector("#cmp-reveal:has-text('A was')", timeout=60_000)
+    page.wait_for_timeout(1000)
 
 
 # file stem -> (viewport, query, tab, what to scroll to): one screen, as it is seen
@@ -56,6 +75,7 @@ SCREENS = {
     "projector-generation": ((1280, 800), "?present=1", "Text generation", None),
     "projector-benchmarks": ((1280, 800), "?present=1", "Benchmarks", ".js-plotly-plot"),
 }
+SCREENS["projector-compare"] = ((1280, 800), "?present=1", "Compare", "#cmp-timeline")
 
 
 def main() -> None:

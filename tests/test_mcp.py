@@ -11,6 +11,7 @@ import pytest
 
 EXPECTED = {"generate", "perplexity", "chat", "classify", "classify_batch", "perplexity_figure",
             "benchmark_table", "benchmark_metric", "measure_here"}
+EXPECTED |= {"compare", "timeline", "blind_match", "vote", "leaderboard"}   # the Compare tab
 
 
 def session_call(url: str, fn):
