@@ -167,12 +167,11 @@ def timeline_figure(key: str, points: list) -> go.Figure:
     # Over several decades, ticks at powers of ten only: plotly's 2s and 5s between them
     # read as the values themselves.
     decades = dict(dtick=1) if finite and max(finite) / min(finite) > 30 else {}
-    fig.update_layout(title=f"{REGISTRY[key].title}: perplexity along training",
-                      xaxis=dict(title="checkpoint", categoryorder="array", categoryarray=order,
-                                 range=[-0.5, len(order) - 0.5]),
-                      yaxis=dict(title="perplexity (log scale, lower is better)", type="log", **decades),
-                      legend=dict(orientation="h", y=-0.25), **benchmarks.LAYOUT)
-    return fig
+    return benchmarks.laid_out(
+        fig, f"{REGISTRY[key].title}: perplexity along training",
+        xaxis=dict(title="checkpoint", categoryorder="array", categoryarray=order,
+                   range=[-0.5, len(order) - 0.5]),
+        yaxis=dict(title="perplexity (log scale, lower is better)", type="log", **decades))
 
 
 def timeline_rows(key: str, points: list) -> pd.DataFrame:
@@ -347,7 +346,7 @@ def build(engine) -> None:
         tl_md = gr.Markdown("*Nothing measured yet.*", elem_id="cmp-timeline-summary")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                tl_plot = gr.Plot(elem_id="cmp-timeline")
+                tl_plot = gr.Plot(show_label=False, elem_id="cmp-timeline")
             with gr.Column(scale=2):
                 tl_table = gr.Dataframe(headers=TIMELINE_COLUMNS, label="By checkpoint",
                                         interactive=False, wrap=True, elem_id="cmp-timeline-table",
