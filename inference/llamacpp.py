@@ -98,8 +98,8 @@ def convert(model_dir: str | Path, kind: str = "q8_0", adapter: str | Path | Non
     if kind not in KINDS:
         raise ValueError(f"GGUF kind must be one of {KINDS}, got {kind!r}")
     out = Path(out) if out else gguf_path(model_dir, kind)
-    if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in Path(model_dir).iterdir()
-                                                  if p.suffix == ".safetensors"):
+    weights = [p.stat().st_mtime for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin")]
+    if out.exists() and out.stat().st_mtime >= max(weights, default=0):   # newer than the weights
         return out
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if model.config.model_type != "llama":
