@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 
-from . import fastpath, standins
+from . import fastpath, llamacpp, standins
 from .registry import CLASSIFY, DEFAULT_KEYS, REGISTRY
 
 GENERATIVE = ("ttl-160m", "ttl-460m", "aira-2-124m", "tinyllama-tweet")
+LLAMA_SHAPES = ["ttl-160m", "ttl-460m", "tinyllama-tweet"]   # what llama.cpp is measured on
 CLASSIFIER = "ttl-160m-imdb"
 
 # name, unit, True when higher is better
@@ -102,6 +103,14 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
             out = pipe(tok.decode(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False,
                        return_full_text=False, **extra)
             assert out[0]["generated_text"] is not None
+    elif side.startswith("llama.cpp"):
+        from transformers import AutoTokenizer
+        gguf = llamacpp.gguf_path(path, side.split(":")[1])   # converted by main() beforehand
+        llm = llamacpp.open_model(gguf, context=1024, threads=fastpath.cores())
+        model, tok = None, AutoTokenizer.from_pretrained(path)
+
+        def gen(ids, new, cache=True):
+            llamacpp.greedy(llm, ids, new)
     else:
         from .decoder import decoder_for
         from .sampling import Sampling
@@ -129,6 +138,10 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
     out["ttft_512_s"] = median_time(lambda: gen(p512, 1), repeats)
     t_n = median_time(lambda: gen(p32, n), repeats)
     out["decode_tps"] = (n - 1) / max(t_n - out["ttft_32_s"], 1e-9)
+
+    if model is None:   # llama.cpp: one sequence per context, weights in the GGUF
+        out["weight_mb_per_token"] = llamacpp.weight_bytes_per_token(gguf) / 1e6
+        return out
 
     def four():
         threads = [threading.Thread(target=gen, args=(p32, n)) for _ in range(4)]
@@ -255,22 +268,26 @@ def fmt(v, unit: str) -> str:
     return f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}"
 
 
-def table(results: dict, bandwidth: float) -> str:
-    rows = ["| model | figure | engine (road) | pipeline fp32, cache on | cards (cache off) | engine/baseline |",
-            "| --- | --- | --- | --- | --- | --- |"]
+LLAMA_CPP = "llama.cpp:q8_0"   # the side llama.cpp runs as: Q8_0, what a CPU user picks
+
+
+def table(results: dict) -> str:
+    rows = ["| model | figure | engine (road) | pipeline fp32, cache on | cards (cache off) "
+            "| llama.cpp Q8_0 | engine/baseline | engine/llama.cpp |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, sides in results.items():
-        base = sides["pipeline"]
+        base, lcpp = sides.get("pipeline", {}), sides.get(LLAMA_CPP, {})
         engines = [s for s in sides if s.startswith("engine")]
         for fig, (name, unit, higher) in FIGURES.items():
             for side in engines:
-                e, b = sides[side].get(fig), base.get(fig)
-                if e is None and b is None:
+                e, b, l = sides[side].get(fig), base.get(fig), lcpp.get(fig)
+                if e is None and b is None and l is None:
                     continue
                 c = base.get("cards", {}).get(fig)
-                ratio = f"{e / b:.2f}x" if e is not None and b else "–"
+                ratio = lambda d: f"{e / d:.2f}x" if e is not None and d else "–"
                 better = "" if higher else " (lower is better)"
                 rows.append(f"| {key} | {name} [{unit}]{better} | {fmt(e, unit)} ({side.split(':')[1]}) "
-                            f"| {fmt(b, unit)} | {fmt(c, unit)} | {ratio} |")
+                            f"| {fmt(b, unit)} | {fmt(c, unit)} | {fmt(l, unit)} | {ratio(b)} | {ratio(l)} |")
     return "\n".join(rows)
 
 
@@ -284,22 +301,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, help="new tokens per decode run")
     p.add_argument("--dir", type=Path, help="where full-size stand-ins are built (default: the app's cache)")
     p.add_argument("--json", type=Path, default=Path("bench.json"), help="where to write the figures")
+    p.add_argument("--vs-llama-cpp", action="store_true",
+                   help="the engine against llama.cpp Q8_0 only, on the Llama shapes (no pipeline, no classifier)")
     a = p.parse_args(argv)
-    models = a.models or (["ttl-160m", CLASSIFIER] if a.quick else [*GENERATIVE, CLASSIFIER])
-    roads = a.roads or (["auto"] if a.quick else ["int8", "bf16", "off"])
-    cfg = {"repeats": a.repeats or 3, "rounds": a.rounds or (2 if a.quick else 3),
+    if a.vs_llama_cpp and not llamacpp.available():
+        p.error("--vs-llama-cpp needs llama.cpp: pip install llama-cpp-python gguf")
+    models = a.models or (LLAMA_SHAPES if a.vs_llama_cpp else ["ttl-160m", CLASSIFIER] if a.quick
+                          else [*GENERATIVE, CLASSIFIER])
+    roads = a.roads or (["auto"] if a.quick or a.vs_llama_cpp else ["int8", "bf16", "off"])
+    cfg = {"repeats": a.repeats or 3, "rounds": a.rounds or (2 if a.quick or a.vs_llama_cpp else 3),
            "new_tokens": a.new_tokens or 128}   # as in the measurements
     info = machine()
     bandwidth = read_bandwidth_gbs()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
           f"{info['load_avg_at_start'][0]:.1f}; read bandwidth {bandwidth:.1f} GB/s; "
           f"medians over {cfg['rounds']} processes x {cfg['repeats']} repeats, {cfg['new_tokens']} new tokens, greedy", flush=True)
+    if not llamacpp.available():
+        print("# no llama.cpp column: pip install llama-cpp-python gguf (README, Performance)", flush=True)
     results = {}
     for key in models:
         path = str(standins.ensure(key, full_size=True, root=a.dir))
         # The fast path changes generative models only: a classifier has one engine side.
-        sides = ["pipeline"] + ([f"engine:{r}" for r in roads]
-                                if REGISTRY[key].task != CLASSIFY else ["engine:auto"])
+        sides = ([] if a.vs_llama_cpp else ["pipeline"]) + (
+            [f"engine:{r}" for r in roads] if REGISTRY[key].task != CLASSIFY else ["engine:auto"])
+        if key in LLAMA_SHAPES and llamacpp.available():
+            adapter = Path(path) / "adapter" if REGISTRY[key].adapter_setting else None
+            print(f"  {key}: GGUF {llamacpp.convert(path, 'q8_0', adapter)}", flush=True)
+            sides.append(LLAMA_CPP)
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         # Sides alternate, round after round, so that a burst of load from
         # other users of a shared machine does not fall on one side only.
@@ -315,6 +343,13 @@ def main(argv: list[str] | None = None) -> None:
             if side.startswith("engine") and REGISTRY[key].task != CLASSIFY:
                 r["road"] = fastpath.resolve(side.split(":")[1])
             results[key][side] = r
+    if a.vs_llama_cpp:
+        print()
+        print(table(results))
+        a.json.write_text(json.dumps({"machine": info, "bandwidth_gbs": bandwidth, "config": cfg,
+                                      "results": results}, indent=2))
+        print(f"\nLoad average at the end {os.getloadavg()[0]:.1f} on {info['cores']} cores. JSON: {a.json}")
+        return
     fid = fidelity_report([fastpath.resolve(r) for r in roads if fastpath.resolve(r) != "off"])
     print("  every default model in one process…", flush=True)
     memory = in_fresh_process({k: str(standins.ensure(k, full_size=True, root=a.dir))
@@ -323,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
            "fidelity_vs_fp32": fid, "all_defaults_memory_mb": memory}
     a.json.write_text(json.dumps(out, indent=2))
     print()
-    print(table(results, bandwidth))
+    print(table(results))
     print()
     for road, f in fid.items():
         print(f"fidelity of {road} against fp32 (tiny stand-in trained on our text, 8x64 tokens): "
