@@ -6,7 +6,7 @@ from gradio_client.exceptions import AppError
 
 def test_named_endpoints(client):
     names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/generate", "/chat", "/classify"} <= set(names)
+    assert {"/generate", "/chat", "/classify", "/finetune"} <= set(names)
 
 
 def test_generate_endpoint_returns_text_and_figures(client):
