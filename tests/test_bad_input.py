@@ -203,7 +203,7 @@ def test_bad_chat_settings_get_a_message(client, kwargs, match):
     ("../ttl-160m-imdb", "Unknown model '../ttl-160m-imdb'"),
     ("custom/../ttl-160m-imdb", "Unknown model"), ("custom/no-such", "Unknown model")])
 def test_a_key_that_is_not_a_classifier_gets_a_message(client, key, match):
-    refused(client, "/classify", "Bom", key, "", match=match + ".*Choose one of: ttl-160m-imdb")
+    refused(client, "/classify", "Bom", key, "", match=match + ".*Choose one of: .*ttl-160m-imdb")
 
 
 @pytest.mark.parametrize("lines, key, match", [
