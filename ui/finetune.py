@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import plotly.graph_objects as go
 
 from inference import api
 from inference.registry import REGISTRY
@@ -27,7 +28,6 @@ METHODS = [(title, key) for key, title in api.finetune.METHODS.items()]
 LEARNING_RATES = {"lora": 2e-4, "full": 4e-5}
 FILE_TYPES = [".tsv", ".csv", ".txt"]
 PREVIEW_ROWS = 10
-PLOT_COLUMNS = ["step", "value", "series"]
 METRIC_COLUMNS = ["metric", "value"]
 ABANDONED_S = 5.0   # a job nobody asks about for this long (page closed, client gone) stops
 
@@ -58,11 +58,21 @@ def preview(file):
         f"{len(table.rows):,} rows, {len(table.labels)} labels; input: {fields}.", visible=True)
 
 
-def plot_rows(p: api.finetune.Progress) -> pd.DataFrame:
-    rows = [(s, v, "training loss") for s, v in p.losses]
-    rows += [(s, a, "held-out accuracy") for s, a, _ in p.evals]
-    rows += [(s, f, "held-out macro-F1") for s, _, f in p.evals]
-    return pd.DataFrame(rows, columns=PLOT_COLUMNS)
+def curve(p: api.finetune.Progress | None = None) -> go.Figure:
+    """The training loss and the held-out accuracy and macro-F1 by step.
+    (A plotly figure: Gradio's own line plot fails in a tab not shown.)"""
+    fig = go.Figure()
+    if p is not None:
+        for name, points in (("training loss", [(s, v) for s, v in p.losses]),
+                             ("held-out accuracy", [(s, a) for s, a, _ in p.evals]),
+                             ("held-out macro-F1", [(s, f) for s, _, f in p.evals])):
+            if points:
+                fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points],
+                                         mode="lines+markers", name=name))
+    fig.update_layout(template="plotly_white", height=360, margin=dict(l=50, r=20, t=50, b=40),
+                      title="Training loss and held-out scores by step",
+                      xaxis_title="step", legend=dict(orientation="h", y=-0.2))
+    return fig
 
 
 def metric_rows(done: api.finetune.Done) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -121,7 +131,7 @@ def finetune(engine, file, name, base="ttl-160m", method="lora", epochs=3,
     table = api.read_training_file(file)
     watch = Watch()
     # The last run's results go as this one starts.
-    yield (run_id, "Starting…", pd.DataFrame(columns=PLOT_COLUMNS),
+    yield (run_id, "Starting…", curve(),
            pd.DataFrame(columns=METRIC_COLUMNS), pd.DataFrame(), gr.DownloadButton(visible=False),
            gr.skip())
     shown = None
@@ -134,17 +144,17 @@ def finetune(engine, file, name, base="ttl-160m", method="lora", epochs=3,
             break
         seen = (p.message, p.losses, p.evals, p.notice)
         yield (run_id, p.message, gr.skip() if shown and shown[1:3] == seen[1:3]
-               else plot_rows(p), gr.skip(), gr.skip(), gr.skip(), common.notice(p.notice))
+               else curve(p), gr.skip(), gr.skip(), gr.skip(), common.notice(p.notice))
         shown = seen
         watch.pulled = time.monotonic()
     done = event
     if done.key is None:
-        yield None, p.message, plot_rows(p), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield None, p.message, curve(p), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return
     scores, confusion = metric_rows(done)
     message = (f"**{done.key}** is saved and served in the Classification tab and the API. "
                + p.message)
-    yield (None, message, plot_rows(p), scores, confusion,
+    yield (None, message, curve(p), scores, confusion,
            gr.DownloadButton(f"Download {done.key} (zip)", zipped(done), visible=True),
            common.notice(p.notice))
 
@@ -159,10 +169,11 @@ def build(engine) -> None:
         with gr.Column(scale=3):
             upload = gr.File(label="Training file: TSV or CSV with a header row (text, "
                              "optional text_b, label), UTF-8, up to 5 MB",
-                             file_types=FILE_TYPES, type="filepath")
+                             file_types=FILE_TYPES, type="filepath", elem_id="finetune-file")
             about = gr.Markdown(visible=False)
             head = gr.Dataframe(label="First rows", interactive=False, wrap=True)
-            counts = gr.BarPlot(x="label", y="rows", title="Rows per label")
+            counts = gr.Dataframe(pd.DataFrame(columns=["label", "rows"]), label="Rows per label",
+                                  interactive=False)
         with gr.Column(scale=2):
             name = gr.Textbox(label="Name (served as custom/<name>)", max_length=48,
                               placeholder="my-classifier")
@@ -181,8 +192,7 @@ def build(engine) -> None:
                 train = gr.Button("Train", variant="primary")
                 halt = gr.Button("Stop", variant="stop")
     status = gr.Markdown()
-    curve = gr.LinePlot(pd.DataFrame(columns=PLOT_COLUMNS), x="step", y="value",
-                        color="series", title="Training loss and held-out scores by step")
+    plot = gr.Plot(curve(), label="Training loss and held-out scores")
     with gr.Row():
         scores = gr.Dataframe(pd.DataFrame(columns=METRIC_COLUMNS), label="Held-out evaluation",
                               interactive=False, wrap=True)
@@ -198,7 +208,7 @@ def build(engine) -> None:
     # One job at a time: the page's and the API's calls queue here.
     job = train.click(common.bind(finetune, engine),
                       [upload, name, base, method, epochs, learning_rate, max_length, eval_share,
-                       replace], [run_id, status, curve, scores, confusion, download, banner],
+                       replace], [run_id, status, plot, scores, confusion, download, banner],
                       api_name="finetune", concurrency_limit=1, concurrency_id="finetune")
     job.then(lambda: None, None, run_id, api_visibility="private")
     # Stop ends training after the step running; what was trained is saved
