@@ -5,7 +5,7 @@ classifies with the new models."""
 import pytest
 from playwright.sync_api import expect
 
-from test_finetune import toy_tsv
+from toydata import toy_tsv
 
 pytestmark = pytest.mark.browser
 

@@ -5,7 +5,6 @@ every bad file and setting gets a message."""
 
 from __future__ import annotations
 
-import random
 import threading
 import zipfile
 
@@ -20,24 +19,10 @@ from inference.registry import CLASSIFY
 from ui import classification as classification_tab
 from ui import finetune as tab
 
-POSITIVE = ["ótimo", "excelente", "maravilhoso", "incrível", "lindo", "perfeito"]
-NEGATIVE = ["péssimo", "horrível", "terrível", "ruim", "chato", "fraco"]
-SUBJECTS = ["O filme", "O livro", "O jantar", "O show", "A viagem", "A aula", "O jogo", "A música"]
-ENDINGS = ["sem dúvida", "de verdade", "hoje", "ontem"]
+from toydata import toy_tsv
+
 # What learns the toy table reliably on the tiny stand-in in a few seconds.
 TOY = dict(epochs=10, learning_rate=5e-3, max_length=64)
-
-
-def toy_tsv(rows: int = 240, seed: int = 1) -> str:
-    """Sentences whose label is told by one clearly positive or negative word."""
-    rng = random.Random(seed)
-    lines = ["text\tlabel"]
-    for i in range(rows):
-        good = i % 2
-        word = rng.choice(POSITIVE if good else NEGATIVE)
-        lines.append(f"{rng.choice(SUBJECTS)} foi {word}, {rng.choice(ENDINGS)}.\t"
-                     f"{'bom' if good else 'ruim'}")
-    return "\n".join(lines) + "\n"
 
 
 def run(engine, name: str, table=None, **settings) -> finetune.Done:
