@@ -149,12 +149,12 @@ def finetune(engine, file, name, base="ttl-160m", method="lora", epochs=3,
         watch.pulled = time.monotonic()
     done = event
     if done.key is None:
-        yield None, p.message, curve(p), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield "", p.message, curve(p), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return
     scores, confusion = metric_rows(done)
     message = (f"**{done.key}** is saved and served in the Classification tab and the API. "
                + p.message)
-    yield (None, message, curve(p), scores, confusion,
+    yield ("", message, curve(p), scores, confusion,
            gr.DownloadButton(f"Download {done.key} (zip)", zipped(done), visible=True),
            common.notice(p.notice))
 
@@ -199,7 +199,9 @@ def build(engine) -> None:
         confusion = gr.Dataframe(label="Confusion matrix (rows: true label)",
                                  interactive=False, wrap=True)
     download = gr.DownloadButton("Download (zip)", visible=False)
-    run_id = gr.State(None)
+    # The run's id, for the page's Stop button. Not a gr.State: that would
+    # keep a heartbeat request open for as long as the page is.
+    run_id = gr.Textbox(visible=False)
 
     upload.change(preview, upload, [head, counts, about],
                   api_visibility="private")
@@ -210,7 +212,7 @@ def build(engine) -> None:
                       [upload, name, base, method, epochs, learning_rate, max_length, eval_share,
                        replace], [run_id, status, plot, scores, confusion, download, banner],
                       api_name="finetune", concurrency_limit=1, concurrency_id="finetune")
-    job.then(lambda: None, None, run_id, api_visibility="private")
+    job.then(lambda: "", None, run_id, api_visibility="private")
     # Stop ends training after the step running; what was trained is saved
     # and scored, and the job's own stream shows it.
     halt.click(common.bind(stop, engine), run_id, None, api_visibility="private")
