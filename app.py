@@ -26,12 +26,12 @@ from inference.settings import BACKENDS, DEVICES, DTYPES, Settings, parse_backen
 from inference.registry import DEFAULT_KEYS
 from server import openai_api
 from server.limits import BodyLimit, PublicEventsOnly, public_events
-from ui import benchmarks, chat, classification, common, compare, generation
+from ui import benchmarks, chat, classification, common, compare, finetune, generation
 from ui.theme import CSS, HEAD, THEME, TOGGLE_PRESENT
 
-TABS = [("Text generation", generation), ("Instruction chat", chat),
-        ("Classification", classification), ("Benchmarks", benchmarks)]
-TABS.insert(2, ("Compare", compare))   # the talk's centrepiece, after the two generating tabs
+# Compare, the talk's centrepiece, after the two generating tabs.
+TABS = [("Text generation", generation), ("Instruction chat", chat), ("Compare", compare),
+        ("Classification", classification), ("Fine-tune", finetune), ("Benchmarks", benchmarks)]
 
 # One line on a phone; what it means opens on a click (common.compact).
 STANDIN_BANNER = (
@@ -59,8 +59,13 @@ def build(engine: Engine) -> gr.Blocks:
         # Tabs that do not fit wrap onto a second row, rather than hide behind a menu.
         with gr.Tabs(overflow_behavior="wrap"):
             for title, module in TABS:
-                with gr.Tab(title):
-                    module.build(engine)
+                with gr.Tab(title) as tab:
+                    # A tab whose choices change while the app runs (models
+                    # fine-tuned here) returns (fn, inputs, outputs) that
+                    # refresh them each time it is opened.
+                    refresh = module.build(engine)
+                if refresh:
+                    tab.select(*refresh, api_visibility="private")
         present.click(None, js=TOGGLE_PRESENT, api_visibility="private")
     # Several users at once: every forward pass runs on the engine's one
     # compute thread, and streams on the same model are decoded in one batch.

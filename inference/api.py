@@ -23,10 +23,14 @@ import random
 import threading
 import time
 import unicodedata
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Callable, Iterator, Mapping, Sequence
 
-from . import analysis, bestofn, classification, faults, formats, generation, measure
+from . import (analysis, bestofn, classification, custom, faults, finetune, formats, generation,
+               measure)
 from .errors import EngineError, ModelUnavailable, OutOfMemory
 from .engine import Engine
 from .loading import Loaded
@@ -86,13 +90,18 @@ def check_count(n, most: int, what: str) -> int:
     return int(n)
 
 
-def check_model(key, *tasks: str) -> ModelSpec:
-    """A model key: in the registry and serving one of `tasks` (a classifier
-    key sent to generate is refused, not loaded)."""
-    allowed = [s.key for s in by_task(*tasks)]
-    if isinstance(key, str) and key in allowed:
-        return REGISTRY[key]
-    msg = (f"{key!r} is not a {TASK_NAMES[tasks[0]]}." if isinstance(key, str) and key in REGISTRY
+def check_model(key, *tasks: str, engine: Engine | None = None) -> ModelSpec:
+    """A model key: known and serving one of `tasks` (a classifier key sent
+    to generate is refused, not loaded). With `engine`, the models
+    fine-tuned here (`custom/<name>`) are known too."""
+    try:
+        spec = engine.spec(key) if engine is not None else REGISTRY[key]
+    except (KeyError, TypeError):
+        spec = None
+    if spec is not None and spec.task in tasks:
+        return spec
+    allowed = [s.key for s in (engine.models(*tasks) if engine is not None else by_task(*tasks))]
+    msg = (f"{key!r} is not a {TASK_NAMES[tasks[0]]}." if spec is not None
            else f"Unknown model {key!r}.")
     raise ModelUnavailable(f"{msg} Choose one of: {', '.join(allowed)}.")
 
@@ -348,7 +357,7 @@ def check_fields(spec: ModelSpec, fields) -> dict[str, str]:
 def classify(engine: Engine, key: str, fields, status: Status = _quiet) -> Labels:
     """Label probabilities for one input (the entry's named text fields:
     `text`, or e.g. `premise` and `hypothesis`)."""
-    spec = check_model(key, CLASSIFY, LABEL_SCORE)
+    spec = check_model(key, CLASSIFY, LABEL_SCORE, engine=engine)
     fields = check_fields(spec, fields)
     with engine.hold(key, None, status) as m:
         return Labels(classification.classify_one(m, fields), m.banner)
@@ -367,7 +376,7 @@ def classify_batch(engine: Engine, key: str, rows, progress: Callable[[int, int]
     the batch. A cancel (anything with `is_set()`), or MAX_BATCH_SECONDS
     passing, ends it between two chunks of rows; the rows left say why they
     were not classified."""
-    check_model(key, CLASSIFY, LABEL_SCORE)
+    check_model(key, CLASSIFY, LABEL_SCORE, engine=engine)
     if not isinstance(rows, list) or not rows:
         raise EngineError("Upload a CSV or paste one text per line.", title="Nothing to do")
     if len(rows) > MAX_BATCH_ROWS:
@@ -459,6 +468,95 @@ def decoding_speeds(engine: Engine, text: str, status: Status = _quiet) -> list[
             speed = measure.decoding_speed(m, text[:500])
             rows.append((m.spec.title, m.revision, m.label, speed))
     return rows
+
+
+# -- fine-tuning ---------------------------------------------------------------------
+def models(engine: Engine, *tasks: str) -> list[ModelSpec]:
+    """Every model serving `tasks`: the registry's, then those fine-tuned here."""
+    return engine.models(*tasks)
+
+
+def read_training_file(path) -> finetune.Table:
+    """A training table from an uploaded TSV or CSV (finetune.read_table)."""
+    if not isinstance(path, str) or not path:
+        raise EngineError("Upload a TSV or CSV file first.", title="Nothing to do")
+    p = Path(path)
+    if not p.is_file():
+        raise EngineError("The uploaded file is gone: upload it again.", title="Nothing to do")
+    size = p.stat().st_size
+    if size > finetune.LIMITS.file_bytes:
+        raise EngineError(f"The file is {size:,} bytes; the limit is "
+                          f"{finetune.LIMITS.file_bytes:,}.", title="File too large")
+    return finetune.read_table(p.read_bytes(), p.name)
+
+
+def check_new_name(engine: Engine, name, overwrite: bool) -> str:
+    try:
+        name = custom.check_name(name)
+    except ValueError as exc:
+        raise EngineError(str(exc), title="Invalid name") from None
+    if custom.folder(engine.settings.data_dir, name).exists() and overwrite is not True:
+        raise EngineError(f"{custom.PREFIX}{name} exists already: choose another name, or "
+                          "allow replacing it.", title="Name taken")
+    return name
+
+
+FINETUNE_POLL_S = 0.5   # a job's progress is sent at least this often
+
+
+@memory_errors
+def finetune_run(engine: Engine, table: finetune.Table, name: str, base: str = "ttl-160m",
+                 method: str = "lora", epochs=3, learning_rate=4e-5, max_length=256,
+                 eval_share=0.2, overwrite: bool = False, run_id: str | None = None,
+                 cancel=None) -> Iterator[finetune.Progress | finetune.Done]:
+    """Fine-tune `base` on `table` into `custom/<name>`: Progress snapshots
+    (at least every FINETUNE_POLL_S), then Done. One job runs at a time; a
+    second waits for it, saying so. `stop_finetune(run_id)`, `cancel`
+    (anything with `is_set()`) or closing the iterator stops training after
+    the step running; what was trained is then evaluated and saved."""
+    plan = finetune.check_plan(base, method, epochs, learning_rate, max_length, eval_share)
+    name = check_new_name(engine, name, overwrite)
+    if not isinstance(table, finetune.Table):
+        raise EngineError("Upload a TSV or CSV file first.", title="Nothing to do")
+    events: SimpleQueue = SimpleQueue()
+    stop = threading.Event()
+    run_id = run_id or uuid.uuid4().hex
+
+    class Stop:   # what the training callback asks
+        @staticmethod
+        def is_set() -> bool:
+            return stop.is_set() or (cancel is not None and cancel.is_set())
+
+    def run():
+        try:
+            with engine.jobs.one(run_id, stop, lambda: events.put(finetune.Progress(
+                    "Another fine-tuning job is running: this one starts when it ends "
+                    "(one at a time)."))):
+                events.put(finetune.train(engine, table, plan, name, Stop, events.put))
+        except BaseException as exc:   # raised below, on the caller's thread
+            events.put(exc)
+
+    threading.Thread(target=run, name="finetune", daemon=True).start()
+    last = finetune.Progress("Waiting to start…")
+    try:
+        while True:
+            try:
+                event = events.get(timeout=FINETUNE_POLL_S)
+            except Empty:
+                event = last
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, finetune.Done):
+                return
+            last = event
+    finally:
+        stop.set()   # a caller that left: training stops, what was trained is saved
+
+
+def stop_finetune(engine: Engine, run_id) -> bool:
+    """Stop the job `run_id` after its current step (its model is saved)."""
+    return isinstance(run_id, str) and engine.jobs.stop(run_id)
 
 
 # -- side by side: compare, blind A/B and votes, the training timeline (compare.py) --

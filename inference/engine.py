@@ -13,12 +13,12 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from . import memory
+from . import custom, finetune, memory
 from .backends import Backend, Local, Transformers
 from .errors import ModelUnavailable
 from .fallback import Fallback
 from .loading import Loaded, in_passing_thread, pick_device, pick_dtype
-from .registry import get_spec
+from .registry import ModelSpec
 from .remote import Remote
 from .settings import Settings
 from .worker import Worker
@@ -51,6 +51,17 @@ class Engine:
         # small machine loads two models no faster at once. A model already
         # loaded is served without waiting for this.
         self._loading = threading.Lock()
+        # Fine-tuning jobs (finetune.py), one at a time.
+        self.jobs = finetune.Jobs()
+
+    def spec(self, key) -> ModelSpec:
+        """The entry for `key`: the registry's, or a model fine-tuned here
+        (`custom/<name>`, kept in the data directory). KeyError otherwise."""
+        return custom.lookup(self.settings.data_dir, key)
+
+    def models(self, *tasks: str) -> list[ModelSpec]:
+        """The models serving `tasks`, the registry's then the custom ones."""
+        return custom.models(self.settings.data_dir, *tasks)
 
     def backend_for(self, key: str) -> Backend:
         return self.backends[self.settings.backend_for(key, self.device)]
@@ -75,7 +86,7 @@ class Engine:
 
     def _get(self, key, revision, status, hold: bool) -> Loaded:
         try:
-            spec = get_spec(key)
+            spec = self.spec(key)
         except KeyError as exc:
             raise ModelUnavailable(str(exc).strip("'\"")) from None
         revision = revision or spec.revision
@@ -119,7 +130,11 @@ class Engine:
     def load_cost(self, key: str) -> int:
         """Bytes a load of `key` takes at its peak (memory.py); 0 when a
         server holds its weights."""
-        return memory.load_bytes(key, self._full_size) if self.backend_for(key).loads_weights else 0
+        if not self.backend_for(key).loads_weights:
+            return 0
+        spec = self.spec(key)
+        return (memory.folder_load_bytes(spec.directory) if spec.directory
+                else memory.load_bytes(key, self._full_size))
 
     @property
     def _full_size(self) -> bool:

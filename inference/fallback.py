@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from . import standins
+from . import custom, standins
 from .errors import ModelUnavailable
 from .loading import Loaded, from_pretrained, hub_reachable
 from .registry import ModelSpec
@@ -36,6 +36,11 @@ FELL_BACK = ("**{title} could not be loaded, so this tab is serving its stand-in
              "Why: {reason} Fix: {fix} It is tried again at a later request.")
 
 
+TRAINED_ON_STANDIN = ("**{key}: fine-tuned from a stand-in.** Its base was {base}'s stand-in "
+                      "(the real model could not be had): tiny test weights, so what it "
+                      "learned says nothing about the real model.")
+
+
 class Fallback:
     def __init__(self, settings: Settings, device: torch.device, dtype: torch.dtype):
         self.settings, self.device, self.dtype = settings, device, dtype
@@ -46,6 +51,8 @@ class Fallback:
              status: Callable[[str], None] = lambda msg: None, weights: bool = True) -> Loaded:
         """`weights` False: the tokenizer and config only (a remote backend)."""
         s = self.settings
+        if spec.directory:
+            return self._saved(spec, revision, status, weights)
         if s.standin:
             return self._standin(spec, revision, status, STANDIN_ONLY.format(title=spec.title),
                                  weights)
@@ -72,6 +79,22 @@ class Fallback:
             tries = self._failures[spec.key] = self._failures.get(spec.key, 0) + 1
             loaded.retry_at = time.monotonic() + RETRY_AFTER_S[min(tries, len(RETRY_AFTER_S)) - 1]
             return loaded
+
+    def _saved(self, spec: ModelSpec, revision: str, status, weights: bool) -> Loaded:
+        """A model fine-tuned here: from its folder, or a clear refusal (it
+        has no stand-in). One trained from a stand-in says so in its banner."""
+        status(f"Loading {spec.title} from the data directory…")
+        try:
+            meta = custom.metadata(spec)
+            loaded = self._from(spec, revision, spec.directory, f"fine-tuned here, "
+                                f"{spec.directory}", weights, is_standin=meta["standin"])
+        except Exception as exc:   # deleted or damaged since it was listed
+            log.warning("%s could not be loaded: %s", spec.key, exc)
+            raise ModelUnavailable(f"{spec.key} could not be loaded from the data directory.",
+                                   "Train it again in the Fine-tune tab.") from exc
+        if loaded.is_standin:
+            loaded.notice = TRAINED_ON_STANDIN.format(key=spec.key, base=meta["base_title"])
+        return loaded
 
     def _from(self, spec, revision, where, source, weights, is_standin=False) -> Loaded:
         return from_pretrained(spec, revision, where, source, self.settings, self.device,

@@ -142,6 +142,9 @@ FORMATS: dict[str, Callable] = {
     # Assin2 fine-tune: bos + premise + bos + hypothesis + eos (the tokenizer
     # adds one more <s> in front).
     "premise-hypothesis": _fmt(lambda f: [BOS, f["premise"], BOS, f["hypothesis"], EOS]),
+    # A model fine-tuned here on text pairs (custom.py): the FaQuAD-NLI
+    # fine-tune's joining, text + bos + second text + eos.
+    "text-pair": _fmt(lambda f: [f["text"], BOS, f["text_b"], EOS]),
     # The chat models: one user message (and a system message where the
     # entry has one), in their chat format.
     **{name: (lambda fmt: lambda tokenizer, f: encode_parts(

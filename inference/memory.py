@@ -65,6 +65,12 @@ def load_bytes(key: str, full_size: bool) -> int:
     return sum(p.numel() for p in model.parameters()) * 4 * LOAD_PEAK
 
 
+def folder_load_bytes(directory: str) -> int:
+    """Memory a load of a model saved in `directory` (in fp32, as
+    fine-tuning saves it) takes at its peak: LOAD_PEAK times its weights."""
+    return sum(f.stat().st_size for f in Path(directory).glob("*.safetensors")) * LOAD_PEAK
+
+
 def resident_bytes(model: torch.nn.Module | None) -> int:
     """Bytes the model's tensors hold now, each storage counted once (tied
     weights share one)."""

@@ -40,6 +40,9 @@ class ModelSpec:
     # its candidates and of the guardrail that drops toxic ones.
     reward_model: str | None = None
     guard_model: str | None = None
+    # A model fine-tuned here (custom.py): loaded from this folder only,
+    # never from the hub and never replaced by a stand-in.
+    directory: str | None = None
 
     @property
     def is_generative(self) -> bool:

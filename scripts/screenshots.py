@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The model the Fine-tune tab's shot trains is not kept.
+os.environ.setdefault("TTL_DATA_DIR", tempfile.mkdtemp(prefix="ttl-screenshots-"))
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -27,10 +30,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TABS = {
     "Text generation": ("generation", "Generate", "#gen-output textarea"),
     "Instruction chat": ("chat", None, None),
+    "Compare": ("compare", None, None),
     "Classification": ("classification", "Classify", None),
+    "Fine-tune": ("finetune", None, None),
     "Benchmarks": ("benchmarks", None, ".js-plotly-plot"),
 }
-TABS["Compare"] = ("compare", None, None)
 
 
 def use_tab(page, title: str) -> None:
@@ -45,6 +49,8 @@ def use_tab(page, title: str) -> None:
         page.wait_for_timeout(3000)
     elif title == "Compare":
         use_compare(page)
+    elif title == "Fine-tune":
+        train_toy_model(page)
     elif button:
         page.get_by_role("button", name=button, exact=True).first.click()
         page.wait_for_timeout(4000)
@@ -65,6 +71,23 @@ def use_compare(page) -> None:
                            "'#cmp-match textarea, #cmp-match input').value)", timeout=120_000)
     page.get_by_role("button", name="Vote", exact=True).click()
     page.wait_for_selector("#cmp-reveal:has-text('A was')", timeout=60_000)
+
+
+def train_toy_model(page) -> None:
+    """The tab after a short run on the tests' toy reviews."""
+    from tests.toydata import toy_tsv
+    path = Path(tempfile.mkdtemp()) / "reviews.tsv"
+    path.write_text(toy_tsv(), encoding="utf-8")
+    page.locator("#finetune-file input[type=file]").set_input_files(str(path))
+    page.get_by_text("240 rows, 2 labels").wait_for(timeout=30_000)
+    page.get_by_label("Name (served as custom/<name>)").fill("reviews")
+    for label, value in (("number input for Epochs", 10), ("Learning rate", 0.005),
+                         ("number input for Maximum length (tokens)", 64)):
+        page.get_by_label(label, exact=True).fill(str(value))
+        page.get_by_label(label, exact=True).press("Enter")
+    page.get_by_label("Replace a model of the same name").check()
+    page.get_by_role("button", name="Train").click()
+    page.get_by_text("custom/reviews is saved").wait_for(timeout=180_000)
     page.wait_for_timeout(1000)
 
 
@@ -81,6 +104,7 @@ SCREENS["projector-compare"] = ((1280, 800), "?present=1", "Compare", "#cmp-time
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    p.add_argument("--tabs", nargs="*", choices=list(TABS), help="only these tabs' shots")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -103,12 +127,16 @@ def main() -> None:
                 page.goto(f"http://127.0.0.1:{port}/?__theme={theme}")
                 page.wait_for_selector("button:has-text('Generate')", timeout=60_000)
                 for title, (stem, _, _) in TABS.items():
+                    if args.tabs and title not in args.tabs:
+                        continue
                     use_tab(page, title)
                     path = args.out / f"{stem}-{theme}.png"
                     page.screenshot(path=str(path), full_page=True)
                     print(path)
                 page.close()
             for stem, ((width, height), query, title, where) in SCREENS.items():
+                if args.tabs and title not in args.tabs:
+                    continue
                 page = browser.new_page(viewport={"width": width, "height": height})
                 page.goto(f"http://127.0.0.1:{port}/{query}")
                 page.wait_for_selector("button:has-text('Generate')", timeout=60_000)

@@ -6,7 +6,7 @@ from gradio_client.exceptions import AppError
 
 def test_named_endpoints(client):
     names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/generate", "/chat", "/classify"} <= set(names)
+    assert {"/generate", "/chat", "/classify", "/finetune"} <= set(names)
     assert {"/compare", "/timeline", "/blind_match", "/vote", "/leaderboard"} <= set(names)
 
 

@@ -8,8 +8,8 @@ from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
-TABS = ("Text generation", "Instruction chat", "Classification", "Benchmarks")
-TABS += ("Compare",)
+TABS = ("Text generation", "Instruction chat", "Compare", "Classification", "Fine-tune",
+        "Benchmarks")
 SCREENS = {"phone": (390, 844), "projector": (1280, 800)}
 
 # Visible elements whose right edge is past the viewport, skipping those

@@ -151,7 +151,7 @@ def test_switching_the_classifier_empties_the_batch_results(engine):
     df, counts, download, _ = batch_of(engine, None, "Adorei.\nPéssimo.", "ttl-160m-imdb")
     assert list(df.columns) == ["row", "text", "label", "NEGATIVE", "POSITIVE", "error"]
     assert len(df) == 2 and counts.rows.sum() == 2 and download.visible
-    table, chart, download = tab.no_results("ttl-160m-agnews")
+    table, chart, download = tab.no_results(engine, "ttl-160m-agnews")
     assert table.empty and list(table.columns) == [
         "row", "title", "text", "label", "MUNDO", "ESPORTES", "NEGÓCIOS", "TECNOLOGIA", "error"]
     assert chart.empty and download.value is None and not download.visible

@@ -10,7 +10,8 @@ import concurrent.futures
 import pytest
 
 EXPECTED = {"generate", "perplexity", "chat", "classify", "classify_batch", "perplexity_figure",
-            "benchmark_table", "benchmark_metric", "measure_here"}
+            "benchmark_table", "benchmark_metric", "measure_here",
+            "finetune"}
 EXPECTED |= {"compare", "timeline", "blind_match", "vote", "leaderboard"}   # the Compare tab
 
 

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from inference import api
-from inference.registry import CLASSIFY, LABEL_SCORE, REGISTRY, by_task
+from inference.registry import CLASSIFY, LABEL_SCORE, REGISTRY
 
 from . import common
 
@@ -32,9 +32,15 @@ EXAMPLES = [
      "ttl-160m-assin2"],
     ["Just got my dream job, what a day!", "", "tinyllama-tweet"],
 ]
-MODELS = [(s.title, s.key) for s in by_task(CLASSIFY, LABEL_SCORE)]
 FIELD_LABELS = {"text": "Text", "title": "Title", "question": "Question",
-                "answer": "Answer", "premise": "Premise", "hypothesis": "Hypothesis"}
+                "answer": "Answer", "premise": "Premise", "hypothesis": "Hypothesis",
+                "text_b": "Second text"}
+
+
+def models(engine) -> list[tuple[str, str]]:
+    """The classifiers to choose from: the registry's, then those
+    fine-tuned here (the Fine-tune tab), which appear without a restart."""
+    return [(s.title, s.key) for s in api.models(engine, CLASSIFY, LABEL_SCORE)]
 
 MAX_UPLOAD_BYTES = 1_000_000   # ~1 MB of CSV: a demo batch, not a dataset
 MAX_BATCH_ROWS = api.MAX_BATCH_ROWS
@@ -66,10 +72,10 @@ def classify(engine, text, model_key="ttl-160m-imdb", second_text="",
 
     Args:
         text: the text (the title, question or premise for the pair tasks).
-        model_key: the classifier, e.g. "ttl-160m-imdb", "ttl-460m-hatebr", "ttl-160m-agnews", "ttl-160m-faquad-nli", "ttl-160m-assin2", "tinyllama-tweet".
+        model_key: the classifier, e.g. "ttl-160m-imdb", "ttl-460m-hatebr", "ttl-160m-agnews", "ttl-160m-faquad-nli", "ttl-160m-assin2", "tinyllama-tweet", or one fine-tuned here, "custom/<name>".
         second_text: the second text of a pair task (AgNews text, FaQuAD-NLI answer, Assin2 hypothesis); empty otherwise.
     """
-    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
+    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE, engine=engine)
     labels = api.classify(engine, model_key, dict(zip(spec.inputs, (text, second_text))),
                           status=common.status(progress))
     return labels.probs, common.notice(labels.notice)
@@ -154,10 +160,11 @@ def result_columns(spec) -> list[str]:
     return ["row", *spec.inputs, "label", *spec.labels, "error"]
 
 
-def no_results(model_key) -> tuple:
+@common.engine_errors
+def no_results(engine, model_key) -> tuple:
     """The batch outputs emptied: the table keeps its headers (the
     classifier's columns), the chart and the download go."""
-    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
+    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE, engine=engine)
     return (pd.DataFrame(columns=result_columns(spec)), pd.DataFrame(columns=["label", "rows"]),
             gr.File(None, visible=False))
 
@@ -173,7 +180,7 @@ def classify_batch(engine, file, lines, model_key, progress=gr.Progress()):
         lines: one text per line when there is no file (pair tasks: a tab between the two texts).
         model_key: the classifier, e.g. "ttl-160m-imdb" or "tinyllama-tweet".
     """
-    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE)
+    spec = api.check_model(model_key, CLASSIFY, LABEL_SCORE, engine=engine)
     rows = read_rows(spec, file, lines)
     cancel = Watch()
     ended: list = []
@@ -221,7 +228,11 @@ def build(engine) -> None:
     banner = gr.Markdown(visible=False, elem_classes="notice")
     with gr.Row():
         with gr.Column(scale=3):
-            model = gr.Dropdown(MODELS, value="ttl-160m-imdb", label="Classifier")
+            # Any value reaches the handler, which names the classifiers
+            # there are: an API client may name a model fine-tuned since
+            # the page was built.
+            model = gr.Dropdown(models(engine), value="ttl-160m-imdb", label="Classifier",
+                                allow_custom_value=True)
             text = gr.Textbox(label="Text", lines=4, value=EXAMPLES[0][0],
                               max_length=common.MAX_TEXT_CHARS)
             second = gr.Textbox("", label="Second text", lines=2, visible=False,
@@ -242,15 +253,16 @@ def build(engine) -> None:
         with gr.Row():
             run_batch = gr.Button("Classify all")
             stop_batch = gr.Button("Stop", variant="stop")
-        table = gr.Dataframe(no_results(model.value)[0], label="Results", interactive=False,
+        table = gr.Dataframe(no_results(engine, model.value)[0], label="Results", interactive=False,
                              wrap=True)
         with gr.Row():
             chart = gr.BarPlot(x="label", y="rows", title="Label distribution")
             download = gr.File(label="Download results", visible=False,
                                elem_id="class-download")
 
+    @common.engine_errors
     def relabel(key):
-        fields = REGISTRY[key].inputs
+        fields = api.check_model(key, CLASSIFY, LABEL_SCORE, engine=engine).inputs
         return (gr.Textbox(label=FIELD_LABELS[fields[0]]),
                 gr.Textbox(label=FIELD_LABELS[fields[-1]], visible=len(fields) > 1),
                 gr.Textbox(visible=False))
@@ -268,5 +280,7 @@ def build(engine) -> None:
     stop_batch.click(None, cancels=[batch], api_visibility="private")
     # Another classifier: the previous one's batch stops and its results go.
     model.change(relabel, model, [text, second, free], api_visibility="private")
-    model.change(no_results, model, [table, chart, download], cancels=[batch],
-                 api_visibility="private")
+    model.change(common.bind(no_results, engine), model, [table, chart, download],
+                 cancels=[batch], api_visibility="private")
+    # The tab's choices again when it is opened (app.py): models fine-tuned since.
+    return lambda: gr.Dropdown(choices=models(engine)), None, model
