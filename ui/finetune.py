@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from inference import api
 from inference.registry import REGISTRY
 
-from . import common
+from . import benchmarks, common
 
 LIMITS = api.finetune.LIMITS
 BASES = [(REGISTRY[k].title, k) for k in api.finetune.BASES]
@@ -69,10 +69,8 @@ def curve(p: api.finetune.Progress | None = None) -> go.Figure:
             if points:
                 fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points],
                                          mode="lines+markers", name=name))
-    fig.update_layout(template="plotly_white", height=360, margin=dict(l=50, r=20, t=50, b=40),
-                      title="Training loss and held-out scores by step",
-                      xaxis_title="step", legend=dict(orientation="h", y=-0.2))
-    return fig
+    return benchmarks.laid_out(fig, "Training loss and held-out scores by step", height=360,
+                               xaxis_title="step")
 
 
 def metric_rows(done: api.finetune.Done) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -171,7 +169,8 @@ def build(engine) -> None:
                              "optional text_b, label), UTF-8, up to 5 MB",
                              file_types=FILE_TYPES, type="filepath", elem_id="finetune-file")
             about = gr.Markdown(visible=False)
-            head = gr.Dataframe(label="First rows", interactive=False, wrap=True)
+            head = gr.Dataframe(pd.DataFrame(columns=["text", "text_b", "label"]),
+                                label="First rows", interactive=False, wrap=True)
             counts = gr.Dataframe(pd.DataFrame(columns=["label", "rows"]), label="Rows per label",
                                   interactive=False)
         with gr.Column(scale=2):
@@ -192,11 +191,12 @@ def build(engine) -> None:
                 train = gr.Button("Train", variant="primary")
                 halt = gr.Button("Stop", variant="stop")
     status = gr.Markdown()
-    plot = gr.Plot(curve(), label="Training loss and held-out scores")
+    plot = gr.Plot(curve(), show_label=False, elem_id="finetune-curve")
     with gr.Row():
         scores = gr.Dataframe(pd.DataFrame(columns=METRIC_COLUMNS), label="Held-out evaluation",
                               interactive=False, wrap=True)
-        confusion = gr.Dataframe(label="Confusion matrix (rows: true label)",
+        confusion = gr.Dataframe(pd.DataFrame(columns=["true label"]),
+                                 label="Confusion matrix (rows: true label)",
                                  interactive=False, wrap=True)
     download = gr.DownloadButton("Download (zip)", visible=False)
     # The run's id, for the page's Stop button. Not a gr.State: that would
