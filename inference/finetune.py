@@ -33,6 +33,7 @@ import torch
 
 from . import custom, fastpath
 from .errors import EngineError
+from .loading import BUILDING
 from .registry import REGISTRY
 
 
@@ -294,7 +295,8 @@ def _classifier(loaded, table: Table, plan: Plan):
         if hasattr(config, attr):
             delattr(config, attr)
     torch.manual_seed(SEED)
-    model = LlamaForSequenceClassification(config)
+    with BUILDING:
+        model = LlamaForSequenceClassification(config)
     model.model = loaded.model.model   # the base's weights; only the head is new
     if plan.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model

@@ -153,12 +153,21 @@ def adapter_for(spec: ModelSpec, settings: Settings, where: str, is_standin: boo
     return adapter
 
 
+# transformers 5 swaps class and module attributes while it builds a model
+# (PreTrainedModel.tie_weights and init_weights, torch.nn.init's functions:
+# initialization.no_tie_weights, no_init_weights) and puts them back after.
+# Two builds at once in one process can leave them swapped for good: a model
+# with tied weights (Aira) then keeps its head on the meta device, and every
+# later load of it fails. So models are built one at a time in the whole
+# process: every engine's loads, fine-tuning's classifier, the stand-ins.
+BUILDING = threading.RLock()
+
+
 def from_pretrained(spec: ModelSpec, revision: str, where: str, source: str, settings: Settings,
                     device: torch.device, dtype: torch.dtype, hub_offline: bool,
                     is_standin: bool = False, weights: bool = True) -> Loaded:
     """`spec`'s model and tokenizer from `where` (a hub id or a directory);
     without `weights`, the tokenizer and config only (a remote backend)."""
-    from transformers import AutoConfig, AutoTokenizer
     t0 = time.perf_counter()
     # A missing adapter setting fails first; a remote server holds its own adapter.
     adapter = adapter_for(spec, settings, where, is_standin) if weights else None
@@ -168,6 +177,14 @@ def from_pretrained(spec: ModelSpec, revision: str, where: str, source: str, set
     if not is_standin and Path(where).is_dir():
         faults.check_directory(model_class(spec), where)
     # trust_remote_code is never passed: only the registry's stock classes load.
+    with BUILDING:
+        return _from_pretrained(spec, revision, where, source, settings, device, dtype, hub,
+                                adapter, is_standin, weights, t0)
+
+
+def _from_pretrained(spec, revision, where, source, settings, device, dtype, hub, adapter,
+                     is_standin, weights, t0) -> Loaded:
+    from transformers import AutoConfig, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(where, **hub)
     if not weights:
         return Loaded(spec=spec, revision=revision, model=None, tokenizer=tokenizer,

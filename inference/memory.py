@@ -60,7 +60,8 @@ def load_bytes(key: str, full_size: bool) -> int:
     from .standins import config_for
     spec = get_spec(key)
     cls = getattr(transformers, spec.model_class)
-    with torch.device("meta"):
+    from .loading import BUILDING
+    with BUILDING, torch.device("meta"):
         model = cls._from_config(config_for(spec, full_size))
     return sum(p.numel() for p in model.parameters()) * 4 * LOAD_PEAK
 

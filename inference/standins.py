@@ -27,6 +27,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM,
                           AutoModelForSequenceClassification, BertTokenizer,
                           GPT2Tokenizer, GenerationConfig, LlamaTokenizer)
 
+from .loading import BUILDING
 from .registry import CLASSIFY, SCORE, REGISTRY, ModelSpec
 
 CORPUS = Path(__file__).with_name("standin_corpus.txt")
@@ -274,8 +275,9 @@ def build(spec: ModelSpec, out: Path, full_size: bool = False, train_steps: int 
     tok = build_tokenizer(kind)
     config = config_for(spec, full_size)
     classifier = spec.task in (CLASSIFY, SCORE)
-    model = (AutoModelForSequenceClassification if classifier
-             else AutoModelForCausalLM).from_config(config)
+    with BUILDING:
+        model = (AutoModelForSequenceClassification if classifier
+                 else AutoModelForCausalLM).from_config(config)
     if not classifier:
         model.generation_config = GenerationConfig(
             bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,

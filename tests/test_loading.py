@@ -12,6 +12,7 @@ from inference import standins
 from inference.engine import Engine
 from inference.errors import ModelUnavailable
 from inference.settings import Settings, parse_local_dirs
+from conftest import engine_for_tests
 
 
 def test_standin_has_the_published_config_fields(ttl):
@@ -126,3 +127,32 @@ def test_local_dirs_setting_rejects_unknown_keys():
 
 def test_cpu_default_dtype_is_float32(engine):
     assert engine.device == torch.device("cpu") and engine.dtype == torch.float32
+
+
+def test_models_loaded_at_once_by_several_engines_leave_transformers_as_it_was():
+    """transformers swaps PreTrainedModel.tie_weights and init_weights while
+    it builds a model; builds at once in one process could leave them
+    swapped for good, and a tied model (Aira) would then load with its head
+    on the meta device. Loads are one at a time in the whole process."""
+    import threading
+
+    from transformers import PreTrainedModel
+
+    tie, init = PreTrainedModel.tie_weights, PreTrainedModel.init_weights
+    keys = ["aira-2-124m", "ttl-160m", "aira-2-124m", "ttl-160m-imdb"]
+    errors = []
+
+    def load(key):
+        try:
+            engine_for_tests().load(key)
+        except Exception as exc:   # reported below, on the test's thread
+            errors.append(exc)
+    threads = [threading.Thread(target=load, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert PreTrainedModel.tie_weights is tie and PreTrainedModel.init_weights is init
+    m = engine_for_tests().load("aira-2-124m")
+    assert not [n for n, p in m.model.named_parameters() if p.device.type == "meta"]
