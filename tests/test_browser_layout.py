@@ -104,6 +104,8 @@ def test_the_llama_is_hidden_where_it_would_be_an_empty_box(screen):
 
 
 def font_px(page, selector: str) -> float:
+    # Network idle can come before the page has drawn its tabs on a busy machine.
+    page.wait_for_selector(selector, state="attached", timeout=30_000)
     return page.evaluate(f"parseFloat(getComputedStyle(document.querySelector({selector!r})).fontSize)")
 
 
