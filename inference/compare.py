@@ -20,7 +20,6 @@ import sqlite3
 import threading
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from queue import SimpleQueue
 from typing import Callable, Iterator
 
@@ -285,11 +284,7 @@ CACHE_SCHEMA = """CREATE TABLE IF NOT EXISTS points (
 
 
 def _cache(engine: Engine) -> sqlite3.Connection:
-    folder = Path(engine.settings.data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(folder / CACHE_FILE, timeout=10)
-    db.execute(CACHE_SCHEMA)
-    return db
+    return votes.connect(engine.settings.data_dir, CACHE_FILE, CACHE_SCHEMA)
 
 
 def _cached(engine, key, revision, where, digest) -> tuple | None:

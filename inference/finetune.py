@@ -274,10 +274,6 @@ class Jobs:
             stop.set()
         return stop is not None
 
-    @property
-    def busy(self) -> bool:
-        return self._lock.locked()
-
 
 def _classifier(loaded, table: Table, plan: Plan):
     """The base causal model as a LlamaForSequenceClassification with the
@@ -454,9 +450,3 @@ def save(data_dir: str, name: str, model, tokenizer, meta: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def zip_folder(folder: str, into: Path) -> Path:
-    """The saved folder as a zip (what `from_pretrained` reads, once unzipped)."""
-    return Path(shutil.make_archive(str(into.with_suffix("")), "zip", folder))
-

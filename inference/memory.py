@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .loading import BUILDING
 from .registry import get_spec
 
 MB = 2 ** 20
@@ -60,7 +61,6 @@ def load_bytes(key: str, full_size: bool) -> int:
     from .standins import config_for
     spec = get_spec(key)
     cls = getattr(transformers, spec.model_class)
-    from .loading import BUILDING
     with BUILDING, torch.device("meta"):
         model = cls._from_config(config_for(spec, full_size))
     return sum(p.numel() for p in model.parameters()) * 4 * LOAD_PEAK

@@ -39,12 +39,17 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS matches (
     winner TEXT, voted REAL)"""
 
 
-def _db(data_dir: str) -> sqlite3.Connection:
+def connect(data_dir: str, file: str, schema: str) -> sqlite3.Connection:
+    """A SQLite file of the data directory, with its table made on first use."""
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(folder / FILE, timeout=10)
-    db.execute(SCHEMA)
+    db = sqlite3.connect(folder / file, timeout=10)
+    db.execute(schema)
     return db
+
+
+def _db(data_dir: str) -> sqlite3.Connection:
+    return connect(data_dir, FILE, SCHEMA)
 
 
 def issue(data_dir: str, a: str, b: str) -> str:
