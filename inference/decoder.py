@@ -14,8 +14,10 @@ to them (int8, bf16) applies, and tests check its logits against
 transformers' forward.
 
 Read top to bottom: `Cache` -> `attend` -> one forward per architecture
-(`llama`, `gpt2`) -> `Decoder`, the batch of one model, which the engine's
-compute thread (worker.py) runs a turn at a time. Each row's token is drawn
+(`llama`, `gpt2`) -> `Torch`, the compute over them -> `Decoder`, the batch
+of one model, which the engine's compute thread (worker.py) runs a turn at
+a time. The llama.cpp backend gives the same Decoder another compute
+(llamacpp.Compute). Each row's token is drawn
 by `sampling.draw`.
 """
 
@@ -148,6 +150,34 @@ def gpt2(model, ids: torch.Tensor, where: Where, cache: Cache) -> torch.Tensor:
 FORWARDS: dict[str, Callable] = {"llama": llama, "gpt2": gpt2}
 
 
+class Torch:
+    """A decoder's compute in torch: the model's forward (FORWARDS) over the
+    engine's own cache. The Decoder asks its compute for five things, so
+    that another one (llamacpp.Compute) can take its place."""
+
+    def __init__(self, m: "Loaded"):
+        self.cache = new_cache(m)   # refuses an architecture with no forward here
+        self.model = base_model(m.model)
+        self.forward_fn = FORWARDS[self.model.config.model_type]
+        self.context = self.cache.context   # tokens a row may hold
+
+    def reserve(self, rows: int, length: int) -> None:
+        self.cache.reserve(rows, length)
+
+    def forward(self, ids: torch.Tensor, where: Where) -> torch.Tensor:
+        return self.forward_fn(self.model, ids, where, self.cache)
+
+    def move(self, src: int, dst: int) -> None:
+        """Row `src`'s keys and values to row `dst` (`src` is let go after)."""
+        self.cache.move(src, dst)
+
+    def free(self, row: int) -> None:
+        """Row `row` is no longer in use (a later forward writes over it)."""
+
+    def idle(self) -> None:
+        self.cache.kv = None   # give the memory back
+
+
 def base_model(model):
     """The causal LM under a PEFT wrapper (the 4-bit tweet adapter stays wrapped)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -208,10 +238,9 @@ class Decoder:
     token for every row. Other work on the worker (a classification, a
     perplexity, another model's turn) runs between turns."""
 
-    def __init__(self, m: "Loaded", max_rows: int = MAX_ROWS):
+    def __init__(self, m: "Loaded", max_rows: int = MAX_ROWS, compute=None):
         self.m, self.max_rows = m, max_rows
-        self.arch = base_model(m.model).config.model_type
-        self.cache = new_cache(m)
+        self.compute = compute or Torch(m)
         self.rows: list[Request] = []            # row i is cache row i (worker only)
         self._waiting: deque[Request] = deque()
         self._guard = threading.Lock()
@@ -223,8 +252,8 @@ class Decoder:
 
     def submit(self, ids: list[int], s: Sampling, cancel: threading.Event | None = None,
                stop: frozenset[int] | None = None) -> Request:
-        if not 0 < len(ids) < self.cache.context:
-            raise ValueError(f"A prompt must have 1 to {self.cache.context - 1} tokens for "
+        if not 0 < len(ids) < self.compute.context:
+            raise ValueError(f"A prompt must have 1 to {self.compute.context - 1} tokens for "
                              f"{self.m.spec.title}; this one has {len(ids)}.")
         if stop is None:
             stop = end_tokens(self.m)
@@ -253,7 +282,7 @@ class Decoder:
                     r.finish(exc)
             self.rows = []
         if not self.rows:
-            self.cache.kv = None   # idle: give the memory back
+            self.compute.idle()
 
     def _drop_cancelled(self) -> None:
         for r in [r for r in self._waiting if r.cancel.is_set()]:
@@ -265,9 +294,10 @@ class Decoder:
     def _release(self, r: Request) -> None:
         i, last = self.rows.index(r), len(self.rows) - 1
         if i != last:   # keep the rows packed: the last one takes the freed row
-            self.cache.move(last, i)
+            self.compute.move(last, i)
             self.rows[i] = self.rows[last]
         self.rows.pop()
+        self.compute.free(last)
         r.finish()
 
     def _admit(self, r: Request) -> bool:
@@ -286,10 +316,11 @@ class Decoder:
     def _prefill(self, r: Request) -> None:
         n = len(r.ids)
         row = len(self.rows)
-        self.cache.reserve(row + 1, n + 1)
+        self.compute.free(row)   # what a failed prefill may have left there
+        self.compute.reserve(row + 1, n + 1)
         ids = torch.tensor([r.ids], device=self.m.device)
         where = Where(slice(row, row + 1), torch.arange(n, device=self.m.device)[None], n, None)
-        logits = FORWARDS[self.arch](base_model(self.m.model), ids, where, self.cache)
+        logits = self.compute.forward(ids, where)
         self.rows.append(r)
         self._emit([r], logits)
 
@@ -298,13 +329,13 @@ class Decoder:
         rows = self.rows[:-1] if skip_last else self.rows
         self.sizes.append(len(rows))
         length = max(r.length for r in rows) + 1
-        self.cache.reserve(len(rows), length)
+        self.compute.reserve(len(rows), length)
         device = self.m.device
         ids = torch.tensor([[int(r.seen[r.length])] for r in rows], device=device)
         positions = torch.tensor([[r.length] for r in rows], device=device)
         mask = (torch.arange(length, device=device)[None] <= positions)[:, None, None]
         where = Where(slice(0, len(rows)), positions, length, mask)
-        logits = FORWARDS[self.arch](base_model(self.m.model), ids, where, self.cache)
+        logits = self.compute.forward(ids, where)
         self._emit(rows, logits)
 
     def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
@@ -316,7 +347,7 @@ class Decoder:
             r.new += 1
             r.out.put(drawn)
             if (drawn.id in r.stop or r.new >= r.s.max_new_tokens
-                    or r.length + 1 >= self.cache.context):
+                    or r.length + 1 >= self.compute.context):
                 done.append(r)
         for r in done:
             self._release(r)

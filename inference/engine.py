@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from . import custom, finetune, memory
-from .backends import Backend, Local, Transformers
+from .backends import Backend, LlamaCpp, Local, Transformers
 from .errors import ModelUnavailable
 from .fallback import Fallback
 from .loading import Loaded, in_passing_thread, pick_device, pick_dtype
@@ -25,7 +25,7 @@ from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {b.name: b for b in (Local, Transformers, Remote)}
+BACKENDS = {b.name: b for b in (Local, LlamaCpp, Transformers, Remote)}
 
 
 # A model's last checkpoints kept side by side, so that a presenter going

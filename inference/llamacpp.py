@@ -1,7 +1,13 @@
 """llama.cpp beside the engine: a Llama model of ours written as GGUF, and a
-llama.cpp context decoding it. The benchmark's llama.cpp column runs it on
-the same full-size stand-in as the engine, so that the ratio to what a CPU
-user would pick instead is measured in one run.
+llama.cpp context decoding it. Two users:
+
+- the `llamacpp` backend (backends.py): the model's batched decoder
+  (decoder.py) with `Compute`, a llama.cpp context with one sequence per
+  request, in place of its torch compute; sampling, "Why this token?" and
+  cancelling stay the decoder's own;
+- the benchmark's llama.cpp column (`open_model`, `greedy`): llama.cpp as a
+  CPU user runs it, on the same full-size stand-in as the engine, so that
+  the ratio is measured in one run.
 
 Optional: `pip install llama-cpp-python gguf` (README, Performance). Nothing
 else in the app needs it; `available()` says whether it is there.
@@ -16,6 +22,8 @@ the app tokenizes, and hands it ids.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -48,23 +56,35 @@ def _hf_to_ggml_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _weight(linear) -> torch.Tensor:
+    """A Linear's weight as it computes: for a LoRA layer of peft, its base
+    weight plus every active adapter's update (merged here, not in place)."""
+    if hasattr(linear, "get_delta_weight"):
+        w = linear.base_layer.weight.detach().float()
+        for name in linear.active_adapters:
+            if name in linear.lora_A:
+                w = w + linear.get_delta_weight(name).float()
+        return w
+    return linear.weight
+
+
 def _tensors(model) -> dict[str, torch.Tensor]:
-    """GGUF tensor names -> fp32 weights of a LlamaForCausalLM."""
+    """GGUF tensor names -> fp32 weights of a LlamaForCausalLM (LoRA merged)."""
     c, base = model.config, model.model
     out = {"token_embd.weight": base.embed_tokens.weight, "output_norm.weight": base.norm.weight,
-           "output.weight": model.lm_head.weight}
+           "output.weight": _weight(model.lm_head)}
     for i, layer in enumerate(base.layers):
         a, mlp = layer.self_attn, layer.mlp
         out.update({
             f"blk.{i}.attn_norm.weight": layer.input_layernorm.weight,
-            f"blk.{i}.attn_q.weight": _hf_to_ggml_rope(a.q_proj.weight, c.num_attention_heads),
-            f"blk.{i}.attn_k.weight": _hf_to_ggml_rope(a.k_proj.weight, c.num_key_value_heads),
-            f"blk.{i}.attn_v.weight": a.v_proj.weight,
-            f"blk.{i}.attn_output.weight": a.o_proj.weight,
+            f"blk.{i}.attn_q.weight": _hf_to_ggml_rope(_weight(a.q_proj), c.num_attention_heads),
+            f"blk.{i}.attn_k.weight": _hf_to_ggml_rope(_weight(a.k_proj), c.num_key_value_heads),
+            f"blk.{i}.attn_v.weight": _weight(a.v_proj),
+            f"blk.{i}.attn_output.weight": _weight(a.o_proj),
             f"blk.{i}.ffn_norm.weight": layer.post_attention_layernorm.weight,
-            f"blk.{i}.ffn_gate.weight": mlp.gate_proj.weight,
-            f"blk.{i}.ffn_up.weight": mlp.up_proj.weight,
-            f"blk.{i}.ffn_down.weight": mlp.down_proj.weight,
+            f"blk.{i}.ffn_gate.weight": _weight(mlp.gate_proj),
+            f"blk.{i}.ffn_up.weight": _weight(mlp.up_proj),
+            f"blk.{i}.ffn_down.weight": _weight(mlp.down_proj),
         })
     return {k: v.detach().float() for k, v in out.items()}
 
@@ -91,31 +111,49 @@ def convert(model_dir: str | Path, kind: str = "q8_0", adapter: str | Path | Non
             out: Path | None = None) -> Path:
     """The GGUF of the Llama model in `model_dir` (a `save_pretrained`
     folder; a LoRA `adapter` is merged in), written once and kept at
-    `gguf_path` unless `out` says where. Weights in `kind`: q8_0 (every
-    matrix; norms stay f32, as llama.cpp's Q8_0 files) or f32."""
-    import gguf
+    `gguf_path` unless `out` says where."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if kind not in KINDS:
-        raise ValueError(f"GGUF kind must be one of {KINDS}, got {kind!r}")
     out = Path(out) if out else gguf_path(model_dir, kind)
     weights = [p.stat().st_mtime for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin")]
     if out.exists() and out.stat().st_mtime >= max(weights, default=0):   # newer than the weights
         return out
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if model.config.model_type != "llama":
-        raise ValueError(f"llama.cpp conversion is written for Llama models, not {model.config.model_type!r}.")
     if adapter:
         from peft import PeftModel
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(adapter))
+        model = model.get_base_model()   # LoRA layers stay; `_weight` merges them
+    return write(model, AutoTokenizer.from_pretrained(model_dir), out, kind, Path(model_dir).name)
+
+
+def fingerprint(model, *extra: str) -> str:
+    """A short name for a model's weights: every tensor's name, shape and
+    first values (enough to tell two checkpoints, or a stand-in from the
+    real model, apart without reading them all) and `extra`."""
+    h = hashlib.sha256("|".join(extra).encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def write(model, tokenizer, out: Path, kind: str = "q8_0", name: str = "model") -> Path:
+    """Write the GGUF of a LlamaForCausalLM (its LoRA layers merged) to
+    `out`, atomically. Weights in `kind`: q8_0 (every matrix; norms stay
+    f32, as llama.cpp's Q8_0 files) or f32."""
+    import gguf
+    if kind not in KINDS:
+        raise ValueError(f"GGUF kind must be one of {KINDS}, got {kind!r}")
     c = model.config
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    if c.model_type != "llama":
+        raise ValueError(f"llama.cpp conversion is written for Llama models, not {c.model_type!r}.")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     rope_theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)[1])
     try:
         w = gguf.GGUFWriter(str(tmp), "llama")
-        w.add_name(Path(model_dir).name)
+        w.add_name(name)
         w.add_context_length(c.max_position_embeddings)
         w.add_embedding_length(c.hidden_size)
         w.add_block_count(c.num_hidden_layers)
@@ -127,7 +165,7 @@ def convert(model_dir: str | Path, kind: str = "q8_0", adapter: str | Path | Non
         w.add_rope_freq_base(float(rope_theta))
         w.add_vocab_size(c.vocab_size)
         w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if kind == "q8_0" else gguf.LlamaFileType.ALL_F32)
-        pieces, types = _vocabulary(tok, c.vocab_size)
+        pieces, types = _vocabulary(tokenizer, c.vocab_size)
         w.add_tokenizer_model("llama")
         w.add_token_list(pieces)
         w.add_token_scores([0.0] * len(pieces))
@@ -193,3 +231,94 @@ def greedy(llm, ids: list[int], new: int, on_token=None) -> list[int]:
             on_token(token)
         step = [token]
     return out
+
+
+# -- the backend's compute -------------------------------------------------------
+def gguf_for(m, folder: Path, kind: str = "q8_0") -> Path:
+    """The GGUF of a loaded model (before the fast path changes its
+    weights), written once into `folder` and found there on later starts
+    by the fingerprint of its weights."""
+    from .decoder import base_model
+    model = base_model(m.model)
+    out = Path(folder) / f"{m.spec.key}-{fingerprint(model, m.source, m.revision)}-{kind}.gguf"
+    if not out.exists():
+        write(model, m.tokenizer, out, kind, m.spec.title)
+    return out
+
+
+class Compute:
+    """The compute of a model's decoder (in place of decoder.Torch): a
+    llama.cpp context in which each decoder row is one sequence. The
+    context (its key/value cache: rows x context cells) is made when the
+    decoder gets work and freed when it goes idle, as the torch cache is."""
+
+    def __init__(self, path: Path, rows: int, context: int, threads: int):
+        import llama_cpp
+        # llama-cpp-python prints llama.cpp's log through this logger: errors only.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        self.lib, self.rows, self.context, self.threads = llama_cpp, rows, context, threads
+        llama_cpp.llama_backend_init()
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(),
+                                                          llama_cpp.llama_model_default_params())
+        if not self.model:
+            raise ValueError(f"llama.cpp could not load {path}.")
+        self.vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.ctx = self.batch = self.memory = None
+
+    def reserve(self, rows: int, length: int) -> None:
+        if self.ctx is not None:
+            return
+        lib = self.lib
+        p = lib.llama_context_default_params()
+        p.n_ctx, p.n_seq_max = self.rows * self.context, self.rows   # `context` cells per sequence
+        p.n_batch, p.n_ubatch = self.context, min(512, self.context)   # a whole prompt in one call
+        p.n_threads = p.n_threads_batch = self.threads
+        self.ctx = lib.llama_init_from_model(self.model, p)
+        if not self.ctx:
+            raise MemoryError("llama.cpp could not make a context (memory for the key/value cache).")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(self.context, 0, 1)
+
+    def forward(self, ids: torch.Tensor, where) -> torch.Tensor:
+        """The next-token logits [rows, vocab] after `ids` [rows, n], row r
+        being sequence `where.rows.start + r` at `where.positions`."""
+        lib, b = self.lib, self.batch
+        tokens, positions = ids.tolist(), where.positions.tolist()
+        last, i = [], 0
+        for r, (row, pos) in enumerate(zip(tokens, positions)):
+            for j, (token, p) in enumerate(zip(row, pos)):
+                b.token[i], b.pos[i], b.n_seq_id[i] = token, p, 1
+                b.seq_id[i][0] = where.rows.start + r
+                b.logits[i] = j == len(row) - 1
+                i += 1
+            last.append(i - 1)
+        b.n_tokens = i
+        if (code := lib.llama_decode(self.ctx, b)) != 0:
+            raise RuntimeError(f"llama.cpp could not decode this batch (llama_decode returned {code}).")
+        return torch.from_numpy(np.stack([
+            np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, k), shape=(self.vocab,))
+            for k in last]))   # np.stack copies out of llama.cpp's buffer
+
+    def move(self, src: int, dst: int) -> None:
+        lib = self.lib
+        lib.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        lib.llama_memory_seq_rm(self.memory, src, -1, -1)
+
+    def free(self, row: int) -> None:
+        # A sequence's cells are read by whatever next uses its id: clear them.
+        if self.memory is not None:
+            self.lib.llama_memory_seq_rm(self.memory, row, -1, -1)
+
+    def idle(self) -> None:
+        if self.ctx is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.lib.llama_free(self.ctx)
+            self.ctx = self.batch = self.memory = None
+
+    def __del__(self):
+        try:
+            self.idle()
+            self.lib.llama_model_free(self.model)
+        except Exception:   # interpreter shutdown: the library may be gone
+            pass

@@ -20,8 +20,9 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
 FAST_ROADS = ("auto", "off", "int8", "bf16")   # fastpath.py
 # Which code computes a model (backends.py, remote.py). auto: local on a
 # CPU, transformers on CUDA/MPS, where the local decoder has not been
-# measured. vllm: OpenAI-compatible servers, named per model with their URLs.
-BACKENDS = ("auto", "local", "transformers", "vllm")
+# measured. llamacpp: the local decoder computing in llama.cpp (an optional
+# extra). vllm: OpenAI-compatible servers, named per model with their URLs.
+BACKENDS = ("auto", "local", "llamacpp", "transformers", "vllm")
 REMOTE = "vllm"
 
 

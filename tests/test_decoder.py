@@ -131,7 +131,7 @@ def test_cache_grows_by_doubling_and_is_given_back_when_idle(ttl):
     ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
     generation.complete(ttl, ids, Sampling(max_new_tokens=3, seed=1))
     d = decoder.decoder_for(ttl)
-    assert wait_until(lambda: d.cache.kv is None and ttl.worker.idle, 2)
+    assert wait_until(lambda: d.compute.cache.kv is None and ttl.worker.idle, 2)
     assert wait_until(lambda: not ttl.worker.running, ttl.worker.linger_s + 2)   # then the thread ends
 
 

@@ -1,21 +1,27 @@
-"""The llama.cpp side of the benchmark (inference/llamacpp.py): our GGUF of
-a Llama stand-in computes what transformers computes, and its Q8_0 is the
-one llama.cpp's own quantiser makes. llama.cpp is an optional extra
-(`pip install llama-cpp-python gguf`): without it these tests are skipped,
-and the benchmark prints no llama.cpp column."""
+"""llama.cpp (inference/llamacpp.py): our GGUF of a Llama stand-in computes
+what transformers computes, and its Q8_0 is the one llama.cpp's own
+quantiser makes; the `llamacpp` backend serves the app's requests with it
+as the local decoder does: the same greedy text as llama.cpp alone, a
+request's text independent of its neighbours, "Why this token?" within the
+page's bound of fp32. llama.cpp is an optional extra
+(requirements-llamacpp.txt, installed by CI): without it these tests are
+skipped, and the benchmark prints no llama.cpp column."""
 
 from __future__ import annotations
 
 import ctypes
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from inference import llamacpp
+from inference import decoder, formats, generation, llamacpp, standins
+from inference.sampling import Sampling
 
-from conftest import STANDIN_DIR
+from conftest import STANDIN_DIR, engine_for_tests
 
 pytestmark = pytest.mark.skipif(
     not llamacpp.available(), reason="llama.cpp is an optional extra: pip install llama-cpp-python gguf")
@@ -84,3 +90,82 @@ def test_gguf_is_kept_beside_the_model_and_written_once(tmp_path):
 def test_only_llama_models_are_converted(tmp_path):
     with pytest.raises(ValueError, match="Llama models"):
         llamacpp.convert(STANDIN_DIR / "aira-2-124m", out=tmp_path / "a.gguf")
+
+
+# -- the llamacpp backend ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served():
+    return engine_for_tests(backend="llamacpp")
+
+
+@pytest.mark.parametrize("key", ["ttl-160m", "tinyllama-tweet"])
+def test_the_backend_draws_from_what_llama_cpp_alone_computes(served, key):
+    """Each greedy token, and the probability "Why this token?" shows for
+    it, is what llama.cpp alone computes after the same tokens (a tie
+    between two tokens may go either way: a prompt read whole or token by
+    token sums in another order, and the fp16 key/value cache rounds)."""
+    m = served.load(key)
+    assert "llama.cpp Q8_0 decoding" in m.source and m.banner.count("local decoder") == 0
+    ids = formats.encode("plain", m.tokenizer, {"text": "A lhama é um animal"})
+    drawn = list(generation.stream_tokens(m, ids, Sampling(do_sample=False, max_new_tokens=12,
+                                                           repetition_penalty=1.0)))[-1][2]
+    [path] = (p for p in (Path(served.settings.data_dir) / "gguf").iterdir() if p.name.startswith(key))
+    llm = llamacpp.open_model(path, context=64, threads=1)
+    assert len(drawn) == 12
+    for i, d in enumerate(drawn):
+        probs = torch.softmax(torch.from_numpy(llamacpp.logits(llm, ids + [t.id for t in drawn[:i]])), -1)
+        assert d.prob == pytest.approx(float(probs[d.id]), abs=5e-3)
+        assert d.prob >= float(probs.max()) - 5e-3
+
+
+def test_requests_decoded_together_each_get_their_text_alone(served):
+    """Rows join and leave the batch (each llama.cpp sequence is moved or
+    cleared as they do); sampled with seeds, every text is its solo twin:
+    a neighbour changes nothing in llama.cpp's sequences."""
+    m = served.load("ttl-160m")
+    ids = formats.encode("plain", m.tokenizer, {"text": "A lhama"})
+    asks = [Sampling(max_new_tokens=n, seed=seed, repetition_penalty=1.1)
+            for n, seed in ((30, 1), (5, 2), (18, 3), (9, 4))]
+    alone = [list(generation.stream_tokens(m, ids, s))[-1][1] for s in asks]
+    together = [None] * len(asks)
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(
+        i, list(generation.stream_tokens(m, ids, asks[i]))[-1][1])) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert max(m.decoder.sizes) > 1   # they did share steps
+    # A stream closed early frees its sequence: the next request is its solo twin.
+    stream = generation.stream_tokens(m, ids, asks[0])
+    next(stream)
+    stream.close()
+    assert list(generation.stream_tokens(m, ids, asks[2]))[-1][1] == alone[2]
+
+
+def test_why_this_token_after_a_long_prompt_is_within_the_pages_bound_of_fp32(served):
+    m = served.load("ttl-160m")
+    reference = engine_for_tests(fast="off").load("ttl-160m")
+    prompt = m.tokenizer("\n".join(standins._corpus_lines()))["input_ids"][:448]
+    s = Sampling(do_sample=False, max_new_tokens=64, repetition_penalty=1.0)
+    _, new, drawn = list(generation.stream_tokens(m, prompt, s))[-1]
+    with torch.inference_mode():
+        probs = torch.softmax(reference.model(torch.tensor([prompt + new])).logits[0].float(), -1)
+    for i, d in enumerate(drawn):
+        assert d.prob == pytest.approx(float(probs[len(prompt) - 1 + i, d.id]), abs=0.02)
+
+
+def test_a_model_llama_cpp_cannot_take_generates_locally_and_its_banner_says_why(served):
+    m = served.load("aira-2-124m")
+    assert "generates with the local decoder" in m.banner and "gpt2" in m.banner
+    assert isinstance(decoder.decoder_for(m).compute, decoder.Torch)
+    ids = formats.encode("plain", m.tokenizer, {"text": "Olá"})
+    assert list(generation.stream_tokens(m, ids, Sampling(max_new_tokens=4, seed=1)))[-1][1]
+
+
+def test_the_gguf_is_written_once_and_found_again_by_a_new_engine(served):
+    served.load("ttl-160m")
+    folder = Path(served.settings.data_dir) / "gguf"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    engine_for_tests(backend="llamacpp").load("ttl-160m")
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
