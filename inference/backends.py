@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from . import fastpath, llamacpp
+from . import fastpath, llamacpp, memory
 from .decoder import Decoder, decoder_for
 from .loading import Loaded
 from .sampling import Drawn, Sampling, Scored, distribution, drawn_from
@@ -44,6 +44,10 @@ class Backend:
 
     def prepare(self, m: Loaded) -> None:
         """Make the loaded model ready for this backend (in place)."""
+
+    def resident(self, m: Loaded) -> int:
+        """Bytes the model holds once prepared (the memory budget's count)."""
+        return memory.resident_bytes(m.model)
 
     def status(self, m: Loaded) -> str | None:
         """News for the model's banner (markdown), e.g. a server down."""
@@ -169,6 +173,17 @@ class LlamaCpp(Local):
             self._why_local.pop(m.spec.key, None)
             m.decoder = Decoder(m, self.rows, compute)
             m.source += ", llama.cpp Q8_0 decoding"
+
+    def resident(self, m: Loaded) -> int:
+        """The torch model, and llama.cpp's: its GGUF (mapped) and the
+        key/value cache of every sequence at full context (f16)."""
+        compute = getattr(m.decoder, "compute", None)
+        if not isinstance(compute, llamacpp.Compute):
+            return super().resident(m)
+        c = m.model.config
+        kv_width = c.num_key_value_heads * (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        cache = compute.rows * compute.context * c.num_hidden_layers * 2 * kv_width * 2
+        return super().resident(m) + compute.path.stat().st_size + cache
 
     def status(self, m: Loaded) -> str | None:
         why = self._why_local.get(m.spec.key) if m.spec.is_generative else None

@@ -88,6 +88,25 @@ def corpus_texts(n: int) -> list[str]:
 
 
 # -- one side, in its own process -------------------------------------------
+def engine_for(side: str, key: str, path: str):
+    """The engine of an engine side: 'engine:ROAD' is the local backend on
+    that fast-path road; 'engine:llamacpp' the llamacpp backend (its GGUF
+    in the app's data folder, written by `write_gguf` beforehand)."""
+    from .engine import Engine
+    from .settings import Settings
+    road = side.split(":")[1]
+    adapters = {key: str(Path(path) / "adapter")} if REGISTRY[key].adapter_setting else {}
+    backend = "llamacpp" if road == "llamacpp" else "local"
+    return Engine(Settings(device="cpu", strict=True, local_dirs={key: path}, adapters=adapters,
+                           backend=backend, fast="auto" if road == "llamacpp" else road))
+
+
+def write_gguf(key: str, path: str) -> str:
+    """Load once on the llamacpp backend, so that its GGUF is written
+    before any side is timed."""
+    return engine_for(ENGINE_LLAMA_CPP, key, path).load(key).source
+
+
 def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
     n, repeats = cfg["new_tokens"], cfg["repeats"]
     t0 = time.perf_counter()
@@ -114,12 +133,7 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
     else:
         from .decoder import decoder_for
         from .sampling import Sampling
-        from .engine import Engine
-        from .settings import Settings
-        adapters = {key: str(Path(path) / "adapter")} if REGISTRY[key].adapter_setting else {}
-        engine = Engine(Settings(device="cpu", strict=True, local_dirs={key: path},
-                                 adapters=adapters, fast=side.split(":")[1]))
-        m = engine.load(key)
+        m = engine_for(side, key, path).load(key)
         model, tok = m.model, m.tokenizer
 
         def gen(ids, new, cache=True):
@@ -150,7 +164,8 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
         for t in threads:
             t.join()
     out["stream4_tps"] = 4 * n / median_time(four, max(1, repeats // 2))
-    out["weight_mb_per_token"] = fastpath.weight_bytes_per_token(model) / 1e6
+    out["weight_mb_per_token"] = (llamacpp.weight_bytes_per_token(m.decoder.compute.path)
+                                  if side == ENGINE_LLAMA_CPP else fastpath.weight_bytes_per_token(model)) / 1e6
     if side == "pipeline" and not cards_cache:
         ttft = median_time(lambda: gen(p32, 1, cache=False), repeats)
         t_n = median_time(lambda: gen(p32, n, cache=False), max(1, repeats // 2))
@@ -269,6 +284,7 @@ def fmt(v, unit: str) -> str:
 
 
 LLAMA_CPP = "llama.cpp:q8_0"   # the side llama.cpp runs as: Q8_0, what a CPU user picks
+ENGINE_LLAMA_CPP = "engine:llamacpp"   # the engine on its llamacpp backend
 
 
 def table(results: dict) -> str:
@@ -327,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         if key in LLAMA_SHAPES and llamacpp.available():
             adapter = Path(path) / "adapter" if REGISTRY[key].adapter_setting else None
             print(f"  {key}: GGUF {llamacpp.convert(path, 'q8_0', adapter)}", flush=True)
-            sides.append(LLAMA_CPP)
+            print(f"  {key}: {in_fresh_process(key, path, fn=write_gguf)}", flush=True)
+            sides += [ENGINE_LLAMA_CPP, LLAMA_CPP]
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         # Sides alternate, round after round, so that a burst of load from
         # other users of a shared machine does not fall on one side only.
@@ -341,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
             if "decode_tps" in r:
                 r["bandwidth_share"] = r["decode_tps"] * r["weight_mb_per_token"] * 1e6 / (bandwidth * 1e9)
             if side.startswith("engine") and REGISTRY[key].task != CLASSIFY:
-                r["road"] = fastpath.resolve(side.split(":")[1])
+                road = side.split(":")[1]
+                r["road"] = road if side == ENGINE_LLAMA_CPP else fastpath.resolve(road)
             results[key][side] = r
     if a.vs_llama_cpp:
         print()

@@ -107,7 +107,7 @@ class Engine:
                 m = self.fallback.load(spec, revision, status, backend.loads_weights)
                 m.backend, m.worker = backend, self.worker
                 backend.prepare(m)
-                m.resident = memory.resident_bytes(m.model)
+                m.resident = backend.resident(m)
                 return m
 
             m = in_passing_thread(load)
