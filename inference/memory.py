@@ -74,14 +74,15 @@ def folder_load_bytes(directory: str) -> int:
 
 def resident_bytes(model: torch.nn.Module | None) -> int:
     """Bytes the model's tensors hold now, each storage counted once (tied
-    weights share one)."""
+    weights share one), and the weights packed for fbgemm, which no tensor
+    shows (fastpath.PackedInt8Linear)."""
     if model is None:
         return 0
     storages = {}
     for t in list(model.parameters()) + list(model.buffers()):
         s = t.untyped_storage()
         storages[s.data_ptr()] = s.nbytes()
-    return sum(storages.values())
+    return sum(storages.values()) + sum(getattr(m, "packed_bytes", 0) for m in model.modules())
 
 
 def give_back() -> None:

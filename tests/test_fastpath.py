@@ -65,6 +65,27 @@ def test_fast_roads_agree_with_fp32(fp32, road):
     assert f["mean_kl"] <= 0.05, f
 
 
+@pytest.mark.skipif(not fastpath.has_packed_int8(), reason="this torch build has no fbgemm")
+def test_the_decoders_int8_product_quantises_each_row_alone_as_the_per_token_one_does():
+    """PackedInt8Linear (fbgemm) on rows of very different loudness: each
+    row's result is bit for bit what it gets alone, and as close to fp32 as
+    Int8Linear's per-token product."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(768, 2304)
+    packed, per_token = fastpath.PackedInt8Linear(linear), fastpath.Int8Linear(linear)
+    x = torch.randn(5, 768) * torch.tensor([[1.0], [40.0], [0.01], [300.0], [1e-6]])
+    together = packed(x)
+    assert torch.equal(together, torch.cat([packed(row[None]) for row in x]))
+    with torch.no_grad():
+        exact = linear(x)
+    error = lambda y: ((y - exact).norm(dim=-1) / exact.norm(dim=-1)).max()
+    assert error(together) <= 1.05 * error(per_token(x)) and error(together) < 0.02
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    fastpath.quantize(model, packed=True)
+    assert type(model[0]) is fastpath.PackedInt8Linear
+    assert fastpath.weight_bytes_per_token(model) == 8 * 8 + 4 * 8 + 4 * 8   # int8, scales, bias
+
+
 def test_stacked_products_compute_what_the_separate_ones_do(fp32):
     """fastpath.fuse stacks gate/up (in place) and q/k/v (a copy the decoder
     reads): in fp32 the logits must not move, whichever forward reads them."""
