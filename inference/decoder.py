@@ -158,14 +158,14 @@ class Torch:
     def __init__(self, m: "Loaded"):
         self.cache = new_cache(m)   # refuses an architecture with no forward here
         self.model = base_model(m.model)
-        self.forward_fn = FORWARDS[self.model.config.model_type]
+        self.arch = self.model.config.model_type
         self.context = self.cache.context   # tokens a row may hold
 
     def reserve(self, rows: int, length: int) -> None:
         self.cache.reserve(rows, length)
 
     def forward(self, ids: torch.Tensor, where: Where) -> torch.Tensor:
-        return self.forward_fn(self.model, ids, where, self.cache)
+        return FORWARDS[self.arch](self.model, ids, where, self.cache)
 
     def move(self, src: int, dst: int) -> None:
         """Row `src`'s keys and values to row `dst` (`src` is let go after)."""

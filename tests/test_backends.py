@@ -134,8 +134,9 @@ def test_backend_is_chosen_per_model():
     assert s.backend_for("ttl-160m", cpu) == "local" and s.backend_for("ttl-460m", cpu) == "transformers"
     auto = Settings()
     assert auto.backend_for("ttl-160m", cpu) == "local" and auto.backend_for("ttl-160m", gpu) == "transformers"
+    assert Settings.from_env({"TTL_BACKEND": "llamacpp"}).backend_for("ttl-160m", cpu) == "llamacpp"
     with pytest.raises(ValueError, match="backend must be one of"):
-        Settings.from_env({"TTL_BACKEND": "llamacpp"})
+        Settings.from_env({"TTL_BACKEND": "llama.cpp"})
 
 
 def test_a_models_servers_are_named_with_their_urls():
