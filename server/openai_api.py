@@ -33,7 +33,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from inference import api
 from inference.errors import EngineError, ModelUnavailable, ServerError
-from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY
+from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, SCORE, ModelSpec
+
+TASKS = (GENERATE, CHAT, CLASSIFY, LABEL_SCORE, SCORE)   # every model GET /v1/models lists
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +83,25 @@ def from_engine(exc: EngineError) -> APIError:
 
 
 # -- request fields ----------------------------------------------------------------
-def model_id(body: dict, *tasks: str) -> tuple[str, str | None]:
-    """`model` as a registry key and a revision ('ttl-160m@step100000')."""
+def model_id(engine, body: dict, *tasks: str) -> tuple[ModelSpec, str | None]:
+    """`model` as a model's entry (the registry's, or one fine-tuned here:
+    `custom/<name>`) and a revision ('ttl-160m@step100000')."""
     value = body.get("model")
     if not isinstance(value, str) or not value:
         raise APIError(400, "`model` is required: one of the ids GET /v1/models lists.",
                        param="model")
     key, _, revision = value.partition("@")
-    if key not in REGISTRY:
+    try:
+        spec = engine.spec(key)
+    except KeyError:
         raise APIError(404, f"The model {value!r} does not exist. GET /v1/models lists them.",
-                       "not_found_error", "model")
-    if REGISTRY[key].task not in tasks:
+                       "not_found_error", "model") from None
+    if spec.task not in tasks:
         raise APIError(400, f"{value!r} cannot serve this route.", param="model")
-    if revision and revision not in REGISTRY[key].revisions:
+    if revision and revision not in spec.revisions:
         raise APIError(404, f"The model {value!r} does not exist: {key} has the checkpoints "
-                            f"{', '.join(REGISTRY[key].revisions)}.", "not_found_error", "model")
-    return key, revision or None
+                            f"{', '.join(spec.revisions)}.", "not_found_error", "model")
+    return spec, revision or None
 
 
 def settings(body: dict, key: str) -> dict:
@@ -250,12 +255,14 @@ def routes(engine) -> list:
     async def models(request, body, slot):
         slot.release()
         data = [{"id": f"{s.key}@{r}" if r != s.revision else s.key, "object": "model",
-                 "created": 0, "owned_by": "ttl-playground", "root": s.hub_id}
-                for s in REGISTRY.values() for r in s.revisions]
+                 "created": 0, "owned_by": "ttl-playground",
+                 "root": s.key if s.directory else s.hub_id}   # not a server path
+                for s in engine.models(*TASKS) for r in s.revisions]
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(request, body, slot):
-        key, revision = model_id(body, GENERATE)
+        spec, revision = model_id(engine, body, GENERATE)
+        key = spec.key
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
@@ -269,10 +276,11 @@ def routes(engine) -> list:
         return await respond(request, body, slot, key, events, n, cancel, top, chat=False)
 
     async def chat_completions(request, body, slot):
-        key, revision = model_id(body, GENERATE, CHAT, LABEL_SCORE)
-        if revision and revision != REGISTRY[key].revision:
+        spec, revision = model_id(engine, body, GENERATE, CHAT, LABEL_SCORE)
+        key = spec.key
+        if revision and revision != spec.revision:
             raise APIError(400, "Chat is served at the model's main revision only.", param="model")
-        if REGISTRY[key].task == GENERATE:
+        if spec.task == GENERATE:
             raise APIError(400, f"{key!r} has no chat template: it continues text. Use "
                                 "POST /v1/completions with a prompt.", param="model")
         n = count(body, "n", 1, api.MAX_COMPLETIONS) or 1
@@ -396,11 +404,11 @@ def routes(engine) -> list:
 
     async def classify(request, body, slot):
         try:
-            key, revision = model_id(body, CLASSIFY, LABEL_SCORE)
-            if revision and revision != REGISTRY[key].revision:
+            spec, revision = model_id(engine, body, CLASSIFY, LABEL_SCORE)
+            key = spec.key
+            if revision and revision != spec.revision:
                 raise APIError(400, "Classifiers are served at their main revision only.",
                                param="model")
-            spec = REGISTRY[key]
             items = body.get("input")
             single = isinstance(items, str) or (len(spec.inputs) > 1 and isinstance(items, list)
                                                 and items and all(isinstance(x, str) for x in items))

@@ -60,6 +60,20 @@ def test_the_trained_model_classifies_as_custom_name(engine, trained):
     assert set(probs) == {"bom", "ruim"}
 
 
+def test_the_http_api_lists_and_serves_the_custom_model(app_url, engine, trained):
+    import httpx
+    ids = [m["id"] for m in httpx.get(app_url + "v1/models").json()["data"]]
+    assert "custom/toy" in ids and "ttl-160m-imdb" in ids
+    text = "O show foi incrível, de verdade."
+    r = httpx.post(app_url + "classify", json={"model": "custom/toy", "input": [text]})
+    assert r.status_code == 200, r.text
+    [row] = r.json()["data"]
+    want = api.classify(engine, "custom/toy", {"text": text}).probs
+    assert row["label"] == max(want, key=want.get)
+    gone = httpx.post(app_url + "classify", json={"model": "custom/nope", "input": [text]})
+    assert gone.status_code == 404 and "GET /v1/models" in gone.json()["error"]["message"]
+
+
 def test_the_model_survives_a_restart(engine, trained):
     again = engine_for_tests()   # a new engine over the same data directory
     assert "custom/toy" in [s.key for s in api.models(again, CLASSIFY)]
