@@ -45,6 +45,10 @@ class Backend:
     def prepare(self, m: Loaded) -> None:
         """Make the loaded model ready for this backend (in place)."""
 
+    def tag(self, m: Loaded) -> str | None:
+        """What the model's label says of the code computing it (None: nothing)."""
+        return f"{self.name} backend"
+
     def resident(self, m: Loaded) -> int:
         """Bytes the model holds once prepared (the memory budget's count)."""
         return memory.resident_bytes(m.model)
@@ -106,6 +110,9 @@ def pad(rows: Sequence[list[int]], fill: int, device) -> tuple[torch.Tensor, tor
 class Local(Backend):
     """The batched decoder over the CPU fast path."""
     name = "local"
+
+    def tag(self, m: Loaded) -> str | None:
+        return None   # the default on a CPU: not worth a word
 
     def prepare(self, m: Loaded, decodes: bool | None = None) -> None:
         decodes = m.spec.is_generative if decodes is None else decodes
@@ -173,6 +180,9 @@ class LlamaCpp(Local):
             self._why_local.pop(m.spec.key, None)
             m.decoder = Decoder(m, self.rows, compute)
             m.source += ", llama.cpp Q8_0 decoding"
+
+    def tag(self, m: Loaded) -> str | None:
+        return "llama.cpp Q8_0" if isinstance(getattr(m.decoder, "compute", None), llamacpp.Compute) else None
 
     def resident(self, m: Loaded) -> int:
         """The torch model, and llama.cpp's: its GGUF (mapped) and the

@@ -73,7 +73,7 @@ class Loaded:
             return " · ".join([f"{self.backend.name} backend"] + ["stand-in"] * self.is_standin)
         parts = [self.device.type, str(self.dtype).removeprefix("torch.")]
         parts += ["int8 weights"] if self.fast == "int8" else []
-        parts += [f"{self.backend.name} backend"] if self.backend and self.backend.name != "local" else []
+        parts += [tag] if self.backend and (tag := self.backend.tag(self)) else []
         parts += ["stand-in"] if self.is_standin else []
         return " · ".join(parts)
 

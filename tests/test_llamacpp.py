@@ -106,6 +106,7 @@ def test_the_backend_draws_from_what_llama_cpp_alone_computes(served, key):
     token sums in another order, and the fp16 key/value cache rounds)."""
     m = served.load(key)
     assert "llama.cpp Q8_0 decoding" in m.source and m.banner.count("local decoder") == 0
+    assert "llama.cpp Q8_0" in m.label
     ids = formats.encode("plain", m.tokenizer, {"text": "A lhama é um animal"})
     drawn = list(generation.stream_tokens(m, ids, Sampling(do_sample=False, max_new_tokens=12,
                                                            repetition_penalty=1.0)))[-1][2]
@@ -158,6 +159,7 @@ def test_why_this_token_after_a_long_prompt_is_within_the_pages_bound_of_fp32(se
 def test_a_model_llama_cpp_cannot_take_generates_locally_and_its_banner_says_why(served):
     m = served.load("aira-2-124m")
     assert "generates with the local decoder" in m.banner and "gpt2" in m.banner
+    assert "llama.cpp" not in m.label
     assert isinstance(decoder.decoder_for(m).compute, decoder.Torch)
     ids = formats.encode("plain", m.tokenizer, {"text": "Olá"})
     assert list(generation.stream_tokens(m, ids, Sampling(max_new_tokens=4, seed=1)))[-1][1]
