@@ -49,6 +49,11 @@ class Backend:
         """What the model's label says of the code computing it (None: nothing)."""
         return f"{self.name} backend"
 
+    def load_cost(self, spec, cost: int) -> int:
+        """Bytes a load takes at its peak, given what loading the weights
+        takes (`cost`, memory.py)."""
+        return cost
+
     def resident(self, m: Loaded) -> int:
         """Bytes the model holds once prepared (the memory budget's count)."""
         return memory.resident_bytes(m.model)
@@ -151,7 +156,7 @@ class LlamaCpp(Local):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self._why_local: dict[str, str] = {}   # model key -> why it generates locally
+        self._why_local: dict[tuple[str, str], str] = {}   # (key, revision) -> why it generates locally
 
     def _why_not(self, m: Loaded) -> str | None:
         if m.device.type != "cpu":
@@ -175,14 +180,22 @@ class LlamaCpp(Local):
                 why = f"llama.cpp could not take it ({type(exc).__name__}: {exc})"
         super().prepare(m, decodes=compute is None)
         if compute is None:
-            self._why_local[m.spec.key] = why
+            self._why_local[m.spec.key, m.revision] = why
         else:
-            self._why_local.pop(m.spec.key, None)
+            self._why_local.pop((m.spec.key, m.revision), None)
             m.decoder = Decoder(m, self.rows, compute)
             m.source += ", llama.cpp Q8_0 decoding"
 
     def tag(self, m: Loaded) -> str | None:
         return "llama.cpp Q8_0" if isinstance(getattr(m.decoder, "compute", None), llamacpp.Compute) else None
+
+    def load_cost(self, spec, cost: int) -> int:
+        """Writing the GGUF the first time holds its Q8_0 arrays (34 bytes
+        per 32 weights) beside the loaded fp32 model; then the file is mapped."""
+        if not spec.is_generative:
+            return cost
+        weights = cost // (4 * memory.LOAD_PEAK)
+        return cost + 2 * weights * 34 // 32
 
     def resident(self, m: Loaded) -> int:
         """The torch model, and llama.cpp's: its GGUF (mapped) and the
@@ -196,7 +209,7 @@ class LlamaCpp(Local):
         return super().resident(m) + compute.path.stat().st_size + cache
 
     def status(self, m: Loaded) -> str | None:
-        why = self._why_local.get(m.spec.key) if m.spec.is_generative else None
+        why = self._why_local.get((m.spec.key, m.revision)) if m.spec.is_generative else None
         return f"ℹ️ {m.spec.title} generates with the local decoder: {why}." if why else None
 
 

@@ -97,14 +97,19 @@ def engine_for(side: str, key: str, path: str):
     road = side.split(":")[1]
     adapters = {key: str(Path(path) / "adapter")} if REGISTRY[key].adapter_setting else {}
     backend = "llamacpp" if road == "llamacpp" else "local"
+    # Its own data folder (GGUFs), not the app's.
     return Engine(Settings(device="cpu", strict=True, local_dirs={key: path}, adapters=adapters,
-                           backend=backend, fast="auto" if road == "llamacpp" else road))
+                           backend=backend, fast="auto" if road == "llamacpp" else road,
+                           data_dir=str(Path(path).parent / "bench-data")))
 
 
 def write_gguf(key: str, path: str) -> str:
     """Load once on the llamacpp backend, so that its GGUF is written
     before any side is timed."""
-    return engine_for(ENGINE_LLAMA_CPP, key, path).load(key).source
+    m = engine_for(ENGINE_LLAMA_CPP, key, path).load(key)
+    if "llama.cpp" not in m.source:
+        raise RuntimeError(f"the llamacpp backend did not take {key}: {m.banner}")
+    return m.source
 
 
 def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="the engine against llama.cpp Q8_0 only, on the Llama shapes (no pipeline, no classifier)")
     a = p.parse_args(argv)
     if a.vs_llama_cpp and not llamacpp.available():
-        p.error("--vs-llama-cpp needs llama.cpp: pip install llama-cpp-python gguf")
+        p.error("--vs-llama-cpp needs llama.cpp: pip install -r requirements-llamacpp.txt")
     models = a.models or (LLAMA_SHAPES if a.vs_llama_cpp else ["ttl-160m", CLASSIFIER] if a.quick
                           else [*GENERATIVE, CLASSIFIER])
     roads = a.roads or (["auto"] if a.quick or a.vs_llama_cpp else ["int8", "bf16", "off"])
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{info['load_avg_at_start'][0]:.1f}; read bandwidth {bandwidth:.1f} GB/s; "
           f"medians over {cfg['rounds']} processes x {cfg['repeats']} repeats, {cfg['new_tokens']} new tokens, greedy", flush=True)
     if not llamacpp.available():
-        print("# no llama.cpp column: pip install llama-cpp-python gguf (README, Performance)", flush=True)
+        print("# no llama.cpp column: pip install -r requirements-llamacpp.txt (README, Performance)", flush=True)
     results = {}
     for key in models:
         path = str(standins.ensure(key, full_size=True, root=a.dir))

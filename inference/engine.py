@@ -133,8 +133,9 @@ class Engine:
         if not self.backend_for(key).loads_weights:
             return 0
         spec = self.spec(key)
-        return (memory.folder_load_bytes(spec.directory) if spec.directory
+        cost = (memory.folder_load_bytes(spec.directory) if spec.directory
                 else memory.load_bytes(key, self._full_size))
+        return self.backend_for(key).load_cost(spec, cost)
 
     @property
     def _full_size(self) -> bool:

@@ -11,8 +11,9 @@ One setting chooses it: `TTL_FAST` (or `Settings.fast`) = auto | off | int8 | bf
   flattened every other one, label scores moved by 0.06, and a token's
   probability depended on what else shared the batch. Here a token's result
   does not depend on any other row (the products are integers). A model
-  that decodes gets `PackedInt8Linear`: the same arithmetic on fbgemm's
-  product, faster for the few rows of a decode step.
+  that decodes gets `PackedInt8Linear` where the CPU has VNNI: the same
+  per-row quantisation on fbgemm's product, faster for the few rows of a
+  decode step.
 - bf16: weights and activations in bfloat16 (28 tokens/s there); worth it
   only where the CPU has native bf16 (avx512_bf16 or AMX) and no int8
   product. Its 8-bit mantissa moves a token's probability by up to ~0.03
@@ -125,10 +126,13 @@ class Int8Linear(nn.Module):
 
 
 class PackedInt8Linear(nn.Module):
-    """Int8Linear's arithmetic on fbgemm's int8 product, which a decoder
-    wants: for the 1 to 8 rows of a decode step it is 1.3-1.8x faster than
-    `torch._int_mm` (whose one-row path is its only fast one), for a
-    512-token prompt 1.1x slower (TeenyTinyLlama-160m's matrices, 2 vCPUs).
+    """Int8Linear's per-row quantisation on fbgemm's int8 product, which a
+    decoder wants: for the 1 to 8 rows of a decode step it is 1.3-1.8x
+    faster than `torch._int_mm` (whose one-row path is its only fast one),
+    for a 512-token prompt 1.13-1.22x slower (TeenyTinyLlama-160m's
+    matrices, 2 vCPUs). fbgemm codes a row in unsigned 8 bits around a zero
+    point, so results are not Int8Linear's bit for bit; their error against
+    fp32 is the same (tests/test_fastpath.py).
 
     fbgemm quantises its whole input with one scale and zero point, from
     its minimum and maximum. Dividing each row by its largest magnitude and
@@ -165,7 +169,13 @@ class PackedInt8Linear(nn.Module):
 
 
 def has_packed_int8() -> bool:
-    """This torch build has fbgemm's dynamic int8 product."""
+    """fbgemm's dynamic int8 product is here and safe over the full 8 bits:
+    with VNNI its products add up in int32. Without (AVX2 alone) fbgemm
+    adds pairs in int16, which 8-bit activations can overflow: that is why
+    torch's own dynamic Linear keeps them to 7 bits. Those CPUs use
+    Int8Linear."""
+    if not cpu_flags() & {"avx512_vnni", "avx_vnni"}:
+        return False
     try:
         PackedInt8Linear(nn.Linear(8, 8))(torch.ones(2, 8))
         return True

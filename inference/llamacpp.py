@@ -9,7 +9,7 @@ llama.cpp context decoding it. Two users:
   CPU user runs it, on the same full-size stand-in as the engine, so that
   the ratio is measured in one run.
 
-Optional: `pip install llama-cpp-python gguf` (README, Performance). Nothing
+Optional: `pip install -r requirements-llamacpp.txt` (README, Performance). Nothing
 else in the app needs it; `available()` says whether it is there.
 
 The GGUF is written here from the model's own tensors (the `gguf` package's
@@ -56,35 +56,23 @@ def _hf_to_ggml_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _weight(linear) -> torch.Tensor:
-    """A Linear's weight as it computes: for a LoRA layer of peft, its base
-    weight plus every active adapter's update (merged here, not in place)."""
-    if hasattr(linear, "get_delta_weight"):
-        w = linear.base_layer.weight.detach().float()
-        for name in linear.active_adapters:
-            if name in linear.lora_A:
-                w = w + linear.get_delta_weight(name).float()
-        return w
-    return linear.weight
-
-
 def _tensors(model) -> dict[str, torch.Tensor]:
-    """GGUF tensor names -> fp32 weights of a LlamaForCausalLM (LoRA merged)."""
+    """GGUF tensor names -> fp32 weights of a LlamaForCausalLM."""
     c, base = model.config, model.model
     out = {"token_embd.weight": base.embed_tokens.weight, "output_norm.weight": base.norm.weight,
-           "output.weight": _weight(model.lm_head)}
+           "output.weight": model.lm_head.weight}
     for i, layer in enumerate(base.layers):
         a, mlp = layer.self_attn, layer.mlp
         out.update({
             f"blk.{i}.attn_norm.weight": layer.input_layernorm.weight,
-            f"blk.{i}.attn_q.weight": _hf_to_ggml_rope(_weight(a.q_proj), c.num_attention_heads),
-            f"blk.{i}.attn_k.weight": _hf_to_ggml_rope(_weight(a.k_proj), c.num_key_value_heads),
-            f"blk.{i}.attn_v.weight": _weight(a.v_proj),
-            f"blk.{i}.attn_output.weight": _weight(a.o_proj),
+            f"blk.{i}.attn_q.weight": _hf_to_ggml_rope(a.q_proj.weight, c.num_attention_heads),
+            f"blk.{i}.attn_k.weight": _hf_to_ggml_rope(a.k_proj.weight, c.num_key_value_heads),
+            f"blk.{i}.attn_v.weight": a.v_proj.weight,
+            f"blk.{i}.attn_output.weight": a.o_proj.weight,
             f"blk.{i}.ffn_norm.weight": layer.post_attention_layernorm.weight,
-            f"blk.{i}.ffn_gate.weight": _weight(mlp.gate_proj),
-            f"blk.{i}.ffn_up.weight": _weight(mlp.up_proj),
-            f"blk.{i}.ffn_down.weight": _weight(mlp.down_proj),
+            f"blk.{i}.ffn_gate.weight": mlp.gate_proj.weight,
+            f"blk.{i}.ffn_up.weight": mlp.up_proj.weight,
+            f"blk.{i}.ffn_down.weight": mlp.down_proj.weight,
         })
     return {k: v.detach().float() for k, v in out.items()}
 
@@ -120,25 +108,27 @@ def convert(model_dir: str | Path, kind: str = "q8_0", adapter: str | Path | Non
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter:
         from peft import PeftModel
-        model = PeftModel.from_pretrained(model, str(adapter))
-        model = model.get_base_model()   # LoRA layers stay; `_weight` merges them
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return write(model, AutoTokenizer.from_pretrained(model_dir), out, kind, Path(model_dir).name)
 
 
 def fingerprint(model, *extra: str) -> str:
-    """A short name for a model's weights: every tensor's name, shape and
-    first values (enough to tell two checkpoints, or a stand-in from the
-    real model, apart without reading them all) and `extra`."""
+    """A short name for a model's weights and `extra`: every tensor's name,
+    shape, first values and sums (a retrained layer changes them), without
+    hashing gigabytes (TinyLlama: ~0.2 s)."""
     h = hashlib.sha256("|".join(extra).encode())
-    for name, t in model.state_dict().items():
-        h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(t.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t = t.detach().reshape(-1)
+            h.update(f"{name}{tuple(t.shape)}{float(t.sum(dtype=torch.float64))!r}"
+                     f"{float(t.abs().sum(dtype=torch.float64))!r}".encode())
+            h.update(t[:4096].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def write(model, tokenizer, out: Path, kind: str = "q8_0", name: str = "model") -> Path:
-    """Write the GGUF of a LlamaForCausalLM (its LoRA layers merged) to
-    `out`, atomically. Weights in `kind`: q8_0 (every matrix; norms stay
+    """Write the GGUF of a LlamaForCausalLM (LoRA adapters merged first, as
+    the engine's loading does on a CPU) to `out`, atomically. Weights in `kind`: q8_0 (every matrix; norms stay
     f32, as llama.cpp's Q8_0 files) or f32."""
     import gguf
     if kind not in KINDS:
@@ -150,7 +140,9 @@ def write(model, tokenizer, out: Path, kind: str = "q8_0", name: str = "model") 
     rope_theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)[1])
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
+    os.close(fd)   # the writer opens it by name
+    tmp = Path(name)
     try:
         w = gguf.GGUFWriter(str(tmp), "llama")
         w.add_name(name)
@@ -237,12 +229,15 @@ def greedy(llm, ids: list[int], new: int, on_token=None) -> list[int]:
 def gguf_for(m, folder: Path, kind: str = "q8_0") -> Path:
     """The GGUF of a loaded model (before the fast path changes its
     weights), written once into `folder` and found there on later starts
-    by the fingerprint of its weights."""
-    from .decoder import base_model
-    model = base_model(m.model)
-    out = Path(folder) / f"{m.spec.key}-{fingerprint(model, m.source, m.revision)}-{kind}.gguf"
+    by the fingerprint of its weights. One file per checkpoint: writing a
+    new one (other weights under the same name) deletes the old."""
+    stem = f"{m.spec.key.replace('/', '--')}@{m.revision}-"
+    out = Path(folder) / f"{stem}{fingerprint(m.model, m.source)}-{kind}.gguf"
     if not out.exists():
-        write(model, m.tokenizer, out, kind, m.spec.title)
+        write(m.model, m.tokenizer, out, kind, m.spec.title)
+        for old in Path(folder).glob(f"{stem}*-{kind}.gguf"):
+            if old != out:
+                old.unlink(missing_ok=True)
     return out
 
 
@@ -251,7 +246,12 @@ class Compute:
     llama.cpp context in which each decoder row is one sequence. The
     context and its key/value cache (rows x context cells, f16) are made
     with it and kept while the model is: making one takes ~0.15 s, which a
-    request after every idle spell would wait for."""
+    request after every idle spell would wait for.
+
+    Each sequence has a cache of its own in llama.cpp, so copying one to
+    another copies it whole (75 MB for TeenyTinyLlama-160m). The decoder's
+    rows therefore map to sequence ids (`seq`), and a row that moves takes
+    its sequence id with it instead."""
 
     def __init__(self, path: Path, rows: int, context: int, threads: int):
         import llama_cpp as lib
@@ -268,25 +268,25 @@ class Compute:
         p.n_batch, p.n_ubatch = context, min(512, context)   # a whole prompt in one call
         p.n_threads = p.n_threads_batch = threads
         self.ctx = lib.llama_init_from_model(self.model, p)
-        if not self.ctx:
-            lib.llama_model_free(self.model)
+        if not self.ctx:   # the model is freed by __del__
             raise MemoryError("llama.cpp could not make a context (memory for the key/value cache).")
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(context, 0, 1)
+        self.seq = list(range(rows))   # decoder row -> llama.cpp sequence id
 
     def reserve(self, rows: int, length: int) -> None:
         """Nothing to do: every sequence has its whole context already."""
 
     def forward(self, ids: torch.Tensor, where) -> torch.Tensor:
         """The next-token logits [rows, vocab] after `ids` [rows, n], row r
-        being sequence `where.rows.start + r` at `where.positions`."""
+        being decoder row `where.rows.start + r`, at `where.positions`."""
         lib, b = self.lib, self.batch
         tokens, positions = ids.tolist(), where.positions.tolist()
         last, i = [], 0
         for r, (row, pos) in enumerate(zip(tokens, positions)):
             for j, (token, p) in enumerate(zip(row, pos)):
                 b.token[i], b.pos[i], b.n_seq_id[i] = token, p, 1
-                b.seq_id[i][0] = where.rows.start + r
+                b.seq_id[i][0] = self.seq[where.rows.start + r]
                 b.logits[i] = j == len(row) - 1
                 i += 1
             last.append(i - 1)
@@ -298,22 +298,25 @@ class Compute:
             for k in last]))   # np.stack copies out of llama.cpp's buffer
 
     def move(self, src: int, dst: int) -> None:
-        lib = self.lib
-        lib.llama_memory_seq_rm(self.memory, dst, -1, -1)
-        lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
-        lib.llama_memory_seq_rm(self.memory, src, -1, -1)
+        """Row `src` becomes row `dst`; `dst`'s old sequence is `src`'s now,
+        for the decoder to free."""
+        self.seq[src], self.seq[dst] = self.seq[dst], self.seq[src]
 
     def free(self, row: int) -> None:
         # A sequence's cells are read by whatever next uses its id: clear them.
-        self.lib.llama_memory_seq_rm(self.memory, row, -1, -1)
+        self.lib.llama_memory_seq_rm(self.memory, self.seq[row], -1, -1)
 
     def idle(self) -> None:
-        self.lib.llama_memory_clear(self.memory, True)
+        self.lib.llama_memory_clear(self.memory, False)   # True would also zero the buffer
 
     def __del__(self):
-        try:
-            self.lib.llama_batch_free(self.batch)
-            self.lib.llama_free(self.ctx)
-            self.lib.llama_model_free(self.model)
-        except Exception:   # interpreter shutdown: the library may be gone
-            pass
+        # Each handle alone: one that failed (or was never made) leaves the others to free.
+        for name, free in (("batch", "llama_batch_free"), ("ctx", "llama_free"),
+                           ("model", "llama_model_free")):
+            handle = getattr(self, name, None)
+            if handle:
+                try:
+                    getattr(self.lib, free)(handle)
+                except Exception:   # interpreter shutdown: the library may be gone
+                    pass
+                setattr(self, name, None)

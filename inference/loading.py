@@ -45,7 +45,7 @@ class Loaded:
     notice: str | None = None    # markdown for the tab's banner
     fast: str = "off"            # the CPU fast path's road (fastpath.py)
     config: object = None        # the model's config (label maps, vocab size)
-    resident: int = 0            # bytes its tensors hold (memory.py)
+    resident: int = 0            # bytes it holds: its tensors, and its backend's own (Backend.resident)
     users: int = 0               # requests using it now (the engine never lets it go then)
     retry_at: float | None = None   # a stand-in after a failure: when to try the model again
     # Set by the engine: the backend that computes it and the engine's

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 # Tasks, i.e. which engine module serves the entry.
-GENERATE, CHAT, CLASSIFY, LABEL_SCORE, SCORE = (
+GENERATE, CHAT, CLASSIFY, LABEL_SCORE, SCORE = TASKS = (
     "generate", "chat", "classify", "label-score", "score")
 
 

@@ -33,9 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from inference import api
 from inference.errors import EngineError, ModelUnavailable, ServerError
-from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, SCORE, ModelSpec
-
-TASKS = (GENERATE, CHAT, CLASSIFY, LABEL_SCORE, SCORE)   # every model GET /v1/models lists
+from inference.registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, TASKS, ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from inference.sampling import Sampling
 from conftest import STANDIN_DIR, engine_for_tests
 
 pytestmark = pytest.mark.skipif(
-    not llamacpp.available(), reason="llama.cpp is an optional extra: pip install llama-cpp-python gguf")
+    not llamacpp.available(), reason="llama.cpp is an optional extra: pip install -r requirements-llamacpp.txt")
 
 PROMPT = [1, 50, 60, 70, 80, 90, 100, 200, 300, 17]
 
