@@ -154,10 +154,6 @@ class LlamaCpp(Local):
     # 75 MB a sequence), and measured 4 sequences at 1.6x one: more gain little.
     rows = 4
 
-    def __init__(self, settings: Settings):
-        super().__init__(settings)
-        self._why_local: dict[tuple[str, str], str] = {}   # (key, revision) -> why it generates locally
-
     def _why_not(self, m: Loaded) -> str | None:
         if m.device.type != "cpu":
             return "llama.cpp serves CPU models here"
@@ -179,10 +175,10 @@ class LlamaCpp(Local):
             except Exception as exc:   # the model still serves, locally
                 why = f"llama.cpp could not take it ({type(exc).__name__}: {exc})"
         super().prepare(m, decodes=compute is None)
-        if compute is None:
-            self._why_local[m.spec.key, m.revision] = why
+        if compute is None:   # the banner says why, beside any stand-in notice
+            m.notice = "\n\n".join(filter(None, [
+                m.notice, f"ℹ️ {m.spec.title} generates with the local decoder: {why}."]))
         else:
-            self._why_local.pop((m.spec.key, m.revision), None)
             m.decoder = Decoder(m, self.rows, compute)
             m.source += ", llama.cpp Q8_0 decoding"
 
@@ -207,10 +203,6 @@ class LlamaCpp(Local):
         kv_width = c.num_key_value_heads * (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
         cache = compute.rows * compute.context * c.num_hidden_layers * 2 * kv_width * 2
         return super().resident(m) + compute.path.stat().st_size + cache
-
-    def status(self, m: Loaded) -> str | None:
-        why = self._why_local.get((m.spec.key, m.revision)) if m.spec.is_generative else None
-        return f"ℹ️ {m.spec.title} generates with the local decoder: {why}." if why else None
 
 
 class Transformers(Backend):

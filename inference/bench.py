@@ -91,13 +91,12 @@ def corpus_texts(n: int) -> list[str]:
 def engine_for(side: str, key: str, path: str):
     """The engine of an engine side: 'engine:ROAD' is the local backend on
     that fast-path road; 'engine:llamacpp' the llamacpp backend (its GGUF
-    in the app's data folder, written by `write_gguf` beforehand)."""
+    written by `write_gguf` beforehand, into the benchmark's data folder)."""
     from .engine import Engine
     from .settings import Settings
     road = side.split(":")[1]
     adapters = {key: str(Path(path) / "adapter")} if REGISTRY[key].adapter_setting else {}
     backend = "llamacpp" if road == "llamacpp" else "local"
-    # Its own data folder (GGUFs), not the app's.
     return Engine(Settings(device="cpu", strict=True, local_dirs={key: path}, adapters=adapters,
                            backend=backend, fast="auto" if road == "llamacpp" else road,
                            data_dir=str(Path(path).parent / "bench-data")))

@@ -126,10 +126,11 @@ def fingerprint(model, *extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def write(model, tokenizer, out: Path, kind: str = "q8_0", name: str = "model") -> Path:
+def write(model, tokenizer, out: Path, kind: str = "q8_0", title: str = "model") -> Path:
     """Write the GGUF of a LlamaForCausalLM (LoRA adapters merged first, as
-    the engine's loading does on a CPU) to `out`, atomically. Weights in `kind`: q8_0 (every matrix; norms stay
-    f32, as llama.cpp's Q8_0 files) or f32."""
+    the engine's loading does on a CPU) to `out`, atomically. Weights in
+    `kind`: q8_0 (every matrix; norms stay f32, as llama.cpp's Q8_0 files)
+    or f32."""
     import gguf
     if kind not in KINDS:
         raise ValueError(f"GGUF kind must be one of {KINDS}, got {kind!r}")
@@ -140,12 +141,12 @@ def write(model, tokenizer, out: Path, kind: str = "q8_0", name: str = "model") 
     rope_theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", 10000.0))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}-", dir=out.parent)
     os.close(fd)   # the writer opens it by name
-    tmp = Path(name)
+    tmp = Path(tmp)
     try:
         w = gguf.GGUFWriter(str(tmp), "llama")
-        w.add_name(name)
+        w.add_name(title)
         w.add_context_length(c.max_position_embeddings)
         w.add_embedding_length(c.hidden_size)
         w.add_block_count(c.num_hidden_layers)
