@@ -65,7 +65,8 @@ def test_fast_roads_agree_with_fp32(fp32, road):
     assert f["mean_kl"] <= 0.05, f
 
 
-@pytest.mark.skipif(not fastpath.has_packed_int8(), reason="this torch build has no fbgemm")
+@pytest.mark.skipif(not fastpath.has_packed_int8(),
+                    reason="no fbgemm, or a CPU without VNNI: decoders use Int8Linear there")
 def test_the_decoders_int8_product_quantises_each_row_alone_as_the_per_token_one_does():
     """PackedInt8Linear (fbgemm) on rows of very different loudness: each
     row's result is bit for bit what it gets alone, and as close to fp32 as
