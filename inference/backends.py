@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import torch
 
 from . import fastpath, llamacpp, memory
-from .decoder import Decoder, decoder_for
+from .decoder import Decoder, decoder_for, kv_geometry
 from .loading import Loaded
 from .sampling import Drawn, Sampling, Scored, distribution, drawn_from
 from .settings import Settings
@@ -200,8 +200,8 @@ class LlamaCpp(Local):
         if not isinstance(compute, llamacpp.Compute):
             return super().resident(m)
         c = m.model.config
-        kv_width = c.num_key_value_heads * (getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
-        cache = compute.rows * compute.context * c.num_hidden_layers * 2 * kv_width * 2
+        kv_heads, head_dim = kv_geometry(c)
+        cache = compute.rows * compute.context * c.num_hidden_layers * 2 * kv_heads * head_dim * 2
         return super().resident(m) + compute.path.stat().st_size + cache
 
 

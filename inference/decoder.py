@@ -183,14 +183,19 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def kv_geometry(c) -> tuple[int, int]:
+    """Key/value heads and their width, from a model's config."""
+    return (getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+            getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+
+
 def new_cache(m: "Loaded") -> Cache:
     c = base_model(m.model).config
     if c.model_type not in FORWARDS:
         raise ValueError(f"Streaming is not implemented for {c.model_type!r} models.")
     if getattr(c, "scale_attn_by_inverse_layer_idx", False) or getattr(c, "reorder_and_upcast_attn", False):
         raise ValueError("GPT-2 attention variants are not supported.")
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_heads, head_dim = kv_geometry(c)
     dtype = next(p.dtype for p in m.model.parameters() if p.is_floating_point())
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         dtype = m.dtype   # 4-bit weights compute in the engine's dtype
