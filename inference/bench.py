@@ -275,7 +275,7 @@ def machine() -> dict:
                   if l.startswith("model name")), platform.processor())
     return {"cpu": model, "cores": fastpath.cores(), "torch": torch.__version__,
             "load_avg_at_start": os.getloadavg(), "bf16": fastpath.has_native_bf16(),
-            "int8": fastpath.has_int8(),
+            "int8": fastpath.has_int8(), "int8_product": fastpath.int8_product(),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
@@ -333,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
            "new_tokens": a.new_tokens or 128}   # as in the measurements
     info = machine()
     bandwidth = read_bandwidth_gbs()
-    print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
+    print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, int8 products: "
+          f"{info['int8_product']}, load average "
           f"{info['load_avg_at_start'][0]:.1f}; read bandwidth {bandwidth:.1f} GB/s; "
           f"medians over {cfg['rounds']} processes x {cfg['repeats']} repeats, {cfg['new_tokens']} new tokens, greedy", flush=True)
     if not llamacpp.available():

@@ -11,9 +11,9 @@ One setting chooses it: `TTL_FAST` (or `Settings.fast`) = auto | off | int8 | bf
   flattened every other one, label scores moved by 0.06, and a token's
   probability depended on what else shared the batch. Here a token's result
   does not depend on any other row (the products are integers). A model
-  that decodes gets `PackedInt8Linear` where the CPU has VNNI: the same
-  per-row quantisation on fbgemm's product, faster for the few rows of a
-  decode step.
+  that decodes gets `PackedInt8Linear`: the same per-row quantisation on
+  fbgemm's product, faster for the few rows of a decode step; without
+  VNNI every model gets it, since `torch._int_mm` has no fast kernel there.
 - bf16: weights and activations in bfloat16 (28 tokens/s there); worth it
   only where the CPU has native bf16 (avx512_bf16 or AMX) and no int8
   product. Its 8-bit mantissa moves a token's probability by up to ~0.03
@@ -130,23 +130,39 @@ class PackedInt8Linear(nn.Module):
     decoder wants: for the 1 to 8 rows of a decode step it is 1.3-1.8x
     faster than `torch._int_mm` (whose one-row path is its only fast one),
     for a 512-token prompt 1.13-1.22x slower (TeenyTinyLlama-160m's
-    matrices, 2 vCPUs). fbgemm codes a row in unsigned 8 bits around a zero
-    point, so results are not Int8Linear's bit for bit; their error against
-    fp32 is the same (tests/test_fastpath.py).
+    matrices, 2 vCPUs with VNNI). Without VNNI `torch._int_mm` has no fast
+    kernel at all (0.09 s a decode step and 24 s for a 512-token prompt on
+    a 2-vCPU Zen 3, against 0.7 s here), so there every int8 model uses
+    this one. fbgemm codes a row in unsigned 8 bits around a zero point, so
+    results are not Int8Linear's bit for bit; their error against fp32 is
+    the same or smaller (tests/test_fastpath.py).
 
     fbgemm quantises its whole input with one scale and zero point, from
     its minimum and maximum. Dividing each row by its largest magnitude and
     adding a row that holds +1 and -1 pins those at [-1, 1] whatever the
-    rows are: each row is quantised on its own, in 8 bits (as per token),
-    and its result depends on that row alone, bit for bit
-    (tests/test_fastpath.py). Its weights live in fbgemm's packed layout
-    (`packed_bytes`), which no tensor of the module shows."""
+    rows are: each row is quantised on its own, and its result depends on
+    that row alone, bit for bit (tests/test_fastpath.py).
 
-    def __init__(self, linear: nn.Linear):
+    With VNNI fbgemm adds its products in int32 and a row is quantised in
+    8 bits, as per token. Without it (AVX2 alone) fbgemm adds pairs of
+    products in int16, which full 8-bit activations overflow (a token's
+    probability then moves by 0.5); 7 bits fit, but lose too much (0.03).
+    So there each row goes in as two 7-bit halves, in one call: `hi`, on
+    the grid fbgemm uses for [-1, 1] at 7 bits (steps of 1/63.5; its ends,
+    +-64 steps, lie outside and would move the pins), and what `hi` left
+    out, 126x larger (still inside [-1, 1]). The weights are read once, and
+    the activations keep ~13 bits.
+    Its weights live in fbgemm's packed layout (`packed_bytes`), which no
+    tensor of the module shows."""
+
+    GRID = 63.5   # fbgemm's 7-bit steps per unit on [-1, 1]: scale 2/127, zero point 64
+    LOW = 126     # how much larger the second half goes in
+
+    def __init__(self, linear: nn.Linear, halves: bool = False):
         super().__init__()
         w = linear.weight.detach().float()
         scale = w.abs().amax(1).clamp(min=1e-12) / 127
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features, self.out_features, self.halves = linear.in_features, linear.out_features, halves
         with warnings.catch_warnings():   # quantised tensors are deprecated; the op is not
             warnings.simplefilter("ignore")
             q = torch.quantize_per_channel(w, scale.double(), torch.zeros(len(scale), dtype=torch.long),
@@ -161,37 +177,55 @@ class PackedInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         peak = rows.abs().amax(-1, keepdim=True).clamp_(min=1e-12)
-        y = torch.ops.quantized.linear_dynamic(torch.cat([rows / peak, self.anchor]), self.packed,
-                                               False)[:-1].mul_(peak)
+        rows = rows / peak
+        if self.halves:
+            hi = rows.mul(self.GRID).round_().clamp_(-63, 63).div_(self.GRID)
+            both = torch.ops.quantized.linear_dynamic(
+                torch.cat([hi, rows.sub_(hi).mul_(self.LOW), self.anchor]), self.packed, True)
+            n = len(hi)
+            y = both[n:2 * n].div_(self.LOW).add_(both[:n])
+        else:
+            y = torch.ops.quantized.linear_dynamic(torch.cat([rows, self.anchor]), self.packed, False)[:-1]
+        y.mul_(peak)
         if self.bias is not None:
             y += self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-def has_packed_int8() -> bool:
-    """fbgemm's dynamic int8 product is here and safe over the full 8 bits:
-    with VNNI its products add up in int32. Without (AVX2 alone) fbgemm
-    adds pairs in int16, which 8-bit activations can overflow: that is why
-    torch's own dynamic Linear keeps them to 7 bits. Those CPUs use
-    Int8Linear."""
-    if not cpu_flags() & {"avx512_vnni", "avx_vnni"}:
-        return False
+def has_vnni() -> bool:
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
+
+
+def packed_int8() -> str | None:
+    """How fbgemm's int8 product serves here: 'full' (VNNI: rows in 8
+    bits), 'halves' (AVX2 alone: rows as two 7-bit halves,
+    PackedInt8Linear), or None (no fbgemm: Int8Linear)."""
     try:
         PackedInt8Linear(nn.Linear(8, 8))(torch.ones(2, 8))
-        return True
     except (RuntimeError, NotImplementedError, AttributeError):
-        return False
+        return None
+    return "full" if has_vnni() else "halves"
 
 
-def quantize(model: nn.Module, keep: tuple[str, ...] = (), packed: bool = False) -> None:
-    """Every nn.Linear of `model` as an Int8Linear (a PackedInt8Linear with
-    `packed`), in place (each fp32 weight is let go as soon as its int8 copy
-    exists), except the layers named in `keep`."""
-    kind = PackedInt8Linear if packed else Int8Linear
+def int8_product() -> str:
+    """What the int8 road multiplies with here, for a decoder and for a
+    classifier (the benchmark prints it)."""
+    packed = packed_int8()
+    if packed == "halves":
+        return "fbgemm in two 7-bit halves (no VNNI)"
+    return "fbgemm (decoders), torch._int_mm (classifiers)" if packed else "torch._int_mm"
+
+
+def quantize(model: nn.Module, keep: tuple[str, ...] = (), packed: str | None = None) -> None:
+    """Every nn.Linear of `model` as an Int8Linear (a PackedInt8Linear where
+    `packed` says how, as `packed_int8`), in place (each fp32 weight is let
+    go as soon as its int8 copy exists), except the layers named in `keep`."""
+    def int8(linear):
+        return PackedInt8Linear(linear, halves=packed == "halves") if packed else Int8Linear(linear)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and name not in keep:
-                setattr(parent, name, kind(child))
+                setattr(parent, name, int8(child))
 
 
 # A classifier's head (LlamaForSequenceClassification's `score`, BERT's
@@ -264,8 +298,11 @@ def apply(model: nn.Module, device: torch.device, mode: str = "auto",
         if not has_int8():
             raise ValueError("TTL_FAST=int8: this torch build has no int8 matrix product.")
         # A decoder's steps are a few rows: fbgemm's product. A classifier
-        # reads whole texts at once: torch's (and keeps its head in fp32).
-        quantize(model, keep=() if decodes else HEADS, packed=decodes and has_packed_int8())
+        # reads whole texts at once: torch's where it is fast (VNNI), else
+        # fbgemm's too. A classifier keeps its head in fp32.
+        packed = packed_int8()
+        quantize(model, keep=() if decodes else HEADS,
+                 packed=packed if decodes or packed == "halves" else None)
     elif road == "bf16":
         model = model.to(torch.bfloat16)
     if road != "off":

@@ -65,26 +65,57 @@ def test_fast_roads_agree_with_fp32(fp32, road):
     assert f["mean_kl"] <= 0.05, f
 
 
-@pytest.mark.skipif(not fastpath.has_packed_int8(),
-                    reason="no fbgemm, or a CPU without VNNI: decoders use Int8Linear there")
-def test_the_decoders_int8_product_quantises_each_row_alone_as_the_per_token_one_does():
+def packed_ways() -> list[str]:
+    """PackedInt8Linear's ways that are exact on this CPU: 'halves' wherever
+    fbgemm is, 'full' only with VNNI (int32 sums)."""
+    way = fastpath.packed_int8()
+    return {None: [], "halves": ["halves"], "full": ["full", "halves"]}[way]
+
+
+@pytest.mark.parametrize("way", ["full", "halves"])
+def test_the_decoders_int8_product_quantises_each_row_alone_as_the_per_token_one_does(way):
     """PackedInt8Linear (fbgemm) on rows of very different loudness: each
     row's result is bit for bit what it gets alone, and as close to fp32 as
-    Int8Linear's per-token product."""
+    Int8Linear's per-token product; in two 7-bit halves (CPUs without
+    VNNI), closer."""
+    if way not in packed_ways():
+        pytest.skip(f"fbgemm's product in {way!r} is not exact on this CPU (no fbgemm, or no VNNI)")
     torch.manual_seed(0)
     linear = torch.nn.Linear(768, 2304)
-    packed, per_token = fastpath.PackedInt8Linear(linear), fastpath.Int8Linear(linear)
+    packed = fastpath.PackedInt8Linear(linear, halves=way == "halves")
+    per_token = fastpath.Int8Linear(linear)
     x = torch.randn(5, 768) * torch.tensor([[1.0], [40.0], [0.01], [300.0], [1e-6]])
     together = packed(x)
     assert torch.equal(together, torch.cat([packed(row[None]) for row in x]))
     with torch.no_grad():
         exact = linear(x)
     error = lambda y: ((y - exact).norm(dim=-1) / exact.norm(dim=-1)).max()
-    assert error(together) <= 1.05 * error(per_token(x)) and error(together) < 0.02
+    assert error(together) <= (0.75 if way == "halves" else 1.05) * error(per_token(x))
+    assert error(together) < 0.02
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
-    fastpath.quantize(model, packed=True)
-    assert type(model[0]) is fastpath.PackedInt8Linear
+    fastpath.quantize(model, packed=way)
+    assert type(model[0]) is fastpath.PackedInt8Linear and model[0].halves == (way == "halves")
     assert fastpath.weight_bytes_per_token(model) == 8 * 8 + 4 * 8 + 4 * 8   # int8, scales, bias
+
+
+def test_without_vnni_every_int8_model_takes_fbgemms_product_in_halves(monkeypatch):
+    """torch._int_mm has no fast kernel without VNNI (24 s for a 512-token
+    prompt of TeenyTinyLlama-160m on a 2-vCPU Zen 3): there classifiers and
+    decoders alike get fbgemm's product, in two 7-bit halves, which fbgemm's
+    int16 sums cannot overflow."""
+    if fastpath.packed_int8() is None:
+        pytest.skip("this torch build has no fbgemm")
+    monkeypatch.setattr(fastpath, "has_vnni", lambda: False)
+    for decodes in (True, False):
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))
+        model.config = type("Config", (), {"model_type": "test"})()
+        fastpath.apply(model, torch.device("cpu"), "int8", decodes=decodes)
+        assert all(type(m) is fastpath.PackedInt8Linear and m.halves for m in model)
+    monkeypatch.setattr(fastpath, "has_vnni", lambda: True)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16))
+    model.config = type("Config", (), {"model_type": "test"})()
+    fastpath.apply(model, torch.device("cpu"), "int8", decodes=False)
+    assert type(model[0]) is fastpath.Int8Linear   # whole texts: torch._int_mm, fast with VNNI
 
 
 def test_stacked_products_compute_what_the_separate_ones_do(fp32):
