@@ -208,13 +208,21 @@ def packed_int8() -> str | None:
     return "full" if has_vnni() else "halves"
 
 
+def int8_way(decodes: bool) -> str | None:
+    """The product a model gets on the int8 road: a PackedInt8Linear way
+    (as `packed_int8`), or None for Int8Linear. A decoder's steps are a few
+    rows: fbgemm's product. A classifier reads whole texts at once:
+    torch's where it is fast (VNNI), else fbgemm's too."""
+    packed = packed_int8()
+    return packed if decodes or packed == "halves" else None
+
+
 def int8_product() -> str:
     """What the int8 road multiplies with here, for a decoder and for a
     classifier (the benchmark prints it)."""
-    packed = packed_int8()
-    if packed == "halves":
-        return "fbgemm in two 7-bit halves (no VNNI)"
-    return "fbgemm (decoders), torch._int_mm (classifiers)" if packed else "torch._int_mm"
+    name = {"full": "fbgemm", "halves": "fbgemm in two 7-bit halves (no VNNI)", None: "torch._int_mm"}
+    decoder, classifier = name[int8_way(True)], name[int8_way(False)]
+    return decoder if decoder == classifier else f"{decoder} (decoders), {classifier} (classifiers)"
 
 
 def quantize(model: nn.Module, keep: tuple[str, ...] = (), packed: str | None = None) -> None:
@@ -298,12 +306,8 @@ def apply(model: nn.Module, device: torch.device, mode: str = "auto",
     if road == "int8":
         if not has_int8():
             raise ValueError("TTL_FAST=int8: this torch build has no int8 matrix product.")
-        # A decoder's steps are a few rows: fbgemm's product. A classifier
-        # reads whole texts at once: torch's where it is fast (VNNI), else
-        # fbgemm's too. A classifier keeps its head in fp32.
-        packed = packed_int8()
-        quantize(model, keep=() if decodes else HEADS,
-                 packed=packed if decodes or packed == "halves" else None)
+        # A classifier keeps its head in fp32.
+        quantize(model, keep=() if decodes else HEADS, packed=int8_way(decodes))
     elif road == "bf16":
         model = model.to(torch.bfloat16)
     if road != "off":
