@@ -106,7 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"what computes the models: {', '.join(BACKENDS)}, per model too: "
                         "'local,ttl-460m=transformers', vLLM servers as "
                         "'ttl-160m=vllm:http://h1:8000|http://h2:8000' (env TTL_BACKEND; "
-                        "default auto: local on a CPU, transformers on a GPU)")
+                        "default auto: on a CPU local, or llamacpp where it is installed and the CPU "
+                        "has no VNNI; transformers on a GPU)")
     p.add_argument("--local", action="append", default=[], metavar="KEY=DIR",
                    help="load a model from a local directory (repeatable; env TTL_LOCAL_DIRS)")
     p.add_argument("--4bit", dest="load_in_4bit", action="store_true", default=None,

@@ -11,15 +11,17 @@ Three are here, and a fourth in remote.py. `local` (the default on a CPU) decode
 batched decoder (decoder.py) over the CPU fast path (fastpath.py): every
 request on a model shares decode steps. `llamacpp` gives that decoder
 llama.cpp's compute (llamacpp.py) for Llama models, where the optional
-extra is installed: one stream at llama.cpp's speed. `transformers` runs transformers'
-own `generate` with a streamer and logits processors, one request per model
-at a time: the reference the local decoder is tested against, and the
-default on CUDA/MPS. `vllm` (remote.py) sends the same four calls to
+extra is installed: one stream at llama.cpp's speed; the default on a CPU
+without VNNI where the extra is installed (`llamacpp.preferred`).
+`transformers` runs transformers' own `generate` with a streamer and
+logits processors, one request per model at a time: the reference the
+local decoder is tested against, and the default on CUDA/MPS. `vllm` (remote.py) sends the same four calls to
 OpenAI-compatible servers. `Settings.backend`/`backends` chooses (TTL_BACKEND).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from queue import SimpleQueue
@@ -30,8 +32,11 @@ import torch
 from . import fastpath, llamacpp, memory
 from .decoder import Decoder, decoder_for, kv_geometry
 from .loading import Loaded
+from .registry import LABEL_SCORE
 from .sampling import Drawn, Sampling, Scored, distribution, drawn_from
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Backend:
@@ -148,11 +153,19 @@ class LlamaCpp(Local):
     (seeds, penalties, "Why this token?" as on the local road); perplexity
     and classification stay on the torch model and the fast path. A model
     llama.cpp cannot take here (not a Llama, no extra installed, not on a
-    CPU) generates locally, and its banner says why."""
+    CPU) generates locally; its banner says why where llama.cpp was named
+    for it, not chosen by `auto` (llamacpp.preferred)."""
     name = "llamacpp"
     # llama.cpp reserves each sequence's whole context up front (TeenyTinyLlama-160m:
     # 75 MB a sequence), and measured 4 sequences at 1.6x one: more gain little.
     rows = 4
+
+    def _decodes(self, spec) -> bool:
+        """Whether the model's decoder goes to llama.cpp. Chosen by `auto`,
+        not for a model the page scores labels with (the tweet adapter):
+        its GGUF (1.2 GB for TinyLlama) would serve only the API's chat."""
+        automatic = self.settings.asked(spec.key) == "auto"
+        return spec.is_generative and not (automatic and spec.task == LABEL_SCORE)
 
     def _why_not(self, m: Loaded) -> str | None:
         if m.device.type != "cpu":
@@ -164,7 +177,7 @@ class LlamaCpp(Local):
         return None
 
     def prepare(self, m: Loaded) -> None:
-        if not m.spec.is_generative:
+        if not self._decodes(m.spec):
             return super().prepare(m)
         compute, why = None, self._why_not(m)
         if why is None:
@@ -174,13 +187,15 @@ class LlamaCpp(Local):
                 compute = llamacpp.Compute(path, self.rows, context, fastpath.cores())
             except Exception as exc:   # the model still serves, locally
                 why = f"llama.cpp could not take it ({type(exc).__name__}: {exc})"
+                log.warning("%s generates locally: %s", m.spec.key, why)
         super().prepare(m, decodes=compute is None)
-        if compute is None:   # the banner says why, beside any stand-in notice
-            m.notice = "\n\n".join(filter(None, [
-                m.notice, f"ℹ️ {m.spec.title} generates with the local decoder: {why}."]))
-        else:
+        if compute is not None:
             m.decoder = Decoder(m, self.rows, compute)
             m.source += ", llama.cpp Q8_0 decoding"
+        elif self.settings.asked(m.spec.key) == self.name:
+            # Named, not chosen by auto: the banner says why, beside any stand-in notice.
+            m.notice = "\n\n".join(filter(None, [
+                m.notice, f"ℹ️ {m.spec.title} generates with the local decoder: {why}."]))
 
     def tag(self, m: Loaded) -> str | None:
         return "llama.cpp Q8_0" if isinstance(getattr(m.decoder, "compute", None), llamacpp.Compute) else None
@@ -188,7 +203,7 @@ class LlamaCpp(Local):
     def load_cost(self, spec, cost: int) -> int:
         """Writing the GGUF the first time holds its Q8_0 arrays (34 bytes
         per 32 weights) beside the loaded fp32 model; then the file is mapped."""
-        if not spec.is_generative:
+        if not self._decodes(spec):
             return cost
         weights = cost // (4 * memory.LOAD_PEAK)
         return cost + 2 * weights * 34 // 32

@@ -12,16 +12,18 @@ import torch
 
 from urllib.parse import urlparse
 
+from . import llamacpp
 from .registry import REGISTRY, SCORE, get_spec
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 FAST_ROADS = ("auto", "off", "int8", "bf16")   # fastpath.py
-# Which code computes a model (backends.py, remote.py). auto: local on a
-# CPU, transformers on CUDA/MPS, where the local decoder has not been
-# measured. llamacpp: the local decoder computing in llama.cpp (an optional
-# extra). vllm: OpenAI-compatible servers, named per model with their URLs.
+# Which code computes a model (backends.py, remote.py). auto: on a CPU,
+# llamacpp where llama.cpp is the faster (llamacpp.preferred), else local;
+# transformers on CUDA/MPS, where the local decoder has not been measured.
+# llamacpp: the local decoder computing in llama.cpp (an optional extra).
+# vllm: OpenAI-compatible servers, named per model with their URLs.
 BACKENDS = ("auto", "local", "llamacpp", "transformers", "vllm")
 REMOTE = "vllm"
 
@@ -184,9 +186,16 @@ class Settings:
                 # vLLM's /classify takes token ids without the pair's segment ids.
                 raise ValueError(f"{key} is a scorer of text pairs; it computes locally")
 
+    def asked(self, key: str) -> str:
+        """The backend named for `key`, `auto` included."""
+        return self.backends.get(key, self.backend)
+
     def backend_for(self, key: str, device: torch.device) -> str:
-        """The backend that computes `key` on `device` (a name in BACKENDS)."""
-        name = self.backends.get(key, self.backend)
-        if name == "auto":
-            return "local" if device.type == "cpu" else "transformers"
-        return name
+        """The backend that computes `key` on `device` (a name in BACKENDS but auto)."""
+        name = self.asked(key)
+        if name != "auto":
+            return name
+        if device.type != "cpu":
+            return "transformers"
+        # llama.cpp's Q8_0 is an int8 road: not where fp32 or bf16 was asked for.
+        return "llamacpp" if self.fast in ("auto", "int8") and llamacpp.preferred() else "local"

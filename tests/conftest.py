@@ -16,6 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # What the app keeps (votes, fine-tuned models) goes to a folder of this run's.
 os.environ["TTL_DATA_DIR"] = tempfile.mkdtemp(prefix="ttl-data-")
+os.environ["TTL_BACKEND"] = "local"   # see local_road_for_auto
 STANDIN_DIR = Path(os.environ.setdefault(
     "TTL_STANDIN_DIR", str(Path.home() / ".cache" / "ttl-playground" / "test-standins")))
 
@@ -36,6 +37,20 @@ def pytest_sessionstart(session):
             standins.ensure(key, root=STANDIN_DIR)
     finally:
         hf_logging.enable_progress_bar()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def local_road_for_auto():
+    """`auto` gives a CPU's Llama decoders to llama.cpp where its extra is
+    installed and the CPU has no VNNI (llamacpp.preferred). The suite tests
+    the local road unless a test names another backend, so that what it
+    covers does not depend on the CPU of the machine it runs on (the apps
+    the tests start in a process of their own: TTL_BACKEND, above)."""
+    from inference import llamacpp
+    real = llamacpp.preferred
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(llamacpp, "preferred", lambda: False)
+        yield real   # for the test of the rule itself
 
 
 # The compute threads (inference/worker.py) of the engines the tests made.

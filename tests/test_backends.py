@@ -139,6 +139,25 @@ def test_backend_is_chosen_per_model():
         Settings.from_env({"TTL_BACKEND": "llama.cpp"})
 
 
+def test_auto_gives_cpu_decoders_to_llama_cpp_only_where_it_is_installed_and_faster(
+        monkeypatch, local_road_for_auto):
+    """Faster: on a CPU without VNNI (docs/performance.md)."""
+    from inference import fastpath, llamacpp
+    from inference.settings import Settings
+    preferred = local_road_for_auto   # the rule, not the suite's pin
+    for installed, vnni, want in ((True, False, True), (True, True, False), (False, False, False)):
+        monkeypatch.setattr(llamacpp, "available", lambda: installed)
+        monkeypatch.setattr(fastpath, "has_vnni", lambda: vnni)
+        assert preferred() is want, (installed, vnni)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for pick in (True, False):
+        monkeypatch.setattr(llamacpp, "preferred", lambda: pick)
+        assert Settings().backend_for("ttl-160m", cpu) == ("llamacpp" if pick else "local")
+        assert Settings().backend_for("ttl-160m", gpu) == "transformers"
+        assert Settings(backend="local").backend_for("ttl-160m", cpu) == "local"
+        assert Settings(fast="off").backend_for("ttl-160m", cpu) == "local"   # fp32 asked for
+
+
 def test_a_models_servers_are_named_with_their_urls():
     from inference.settings import Settings
     s = Settings.from_env({"TTL_BACKEND": "ttl-160m=vllm:http://h1:8000|http://h2:8000/,"

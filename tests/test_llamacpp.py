@@ -165,6 +165,25 @@ def test_a_model_llama_cpp_cannot_take_generates_locally_and_its_banner_says_why
     assert list(generation.stream_tokens(m, ids, Sampling(max_new_tokens=4, seed=1)))[-1][1]
 
 
+def test_auto_where_llama_cpp_is_the_faster_decodes_there_and_says_nothing_of_gpt2(monkeypatch, tmp_path):
+    """On a CPU without VNNI `auto` picks llama.cpp (llamacpp.preferred):
+    the Llama models decode there, and Aira-2, which it cannot take,
+    generates locally without a banner about a backend nobody asked for."""
+    monkeypatch.setattr(llamacpp, "preferred", lambda: True)
+    e = engine_for_tests(data_dir=str(tmp_path))
+    m = e.load("ttl-160m")
+    assert "llama.cpp Q8_0" in m.label
+    ids = formats.encode("plain", m.tokenizer, {"text": "A lhama"})
+    assert len(list(generation.stream_tokens(m, ids, Sampling(max_new_tokens=5, seed=1)))[-1][2]) == 5
+    aira = e.load("aira-2-124m")
+    assert "local decoder" not in (aira.banner or "") and "llama.cpp" not in aira.label
+    assert isinstance(decoder.decoder_for(aira).compute, decoder.Torch)
+    # The tweet adapter scores labels on its torch model: no GGUF is written for it.
+    tweet = e.load("tinyllama-tweet")
+    assert "llama.cpp" not in tweet.label and "local decoder" not in (tweet.banner or "")
+    assert not list((Path(e.settings.data_dir) / "gguf").glob("tinyllama-tweet*"))
+
+
 def test_the_gguf_is_written_once_and_found_again_by_a_new_engine(served):
     served.load("ttl-160m")
     folder = Path(served.settings.data_dir) / "gguf"
