@@ -276,6 +276,8 @@ def machine() -> dict:
     return {"cpu": model, "cores": fastpath.cores(), "torch": torch.__version__,
             "load_avg_at_start": os.getloadavg(), "bf16": fastpath.has_native_bf16(),
             "int8": fastpath.has_int8(), "int8_product": fastpath.int8_product(),
+            # What the app's default (auto) decodes the Llama models with here.
+            "auto_backend": "llamacpp" if llamacpp.preferred() else "local",
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     bandwidth = read_bandwidth_gbs()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, int8 products: "
-          f"{info['int8_product']}, load average "
+          f"{info['int8_product']}, the app's default backend: {info['auto_backend']}, load average "
           f"{info['load_avg_at_start'][0]:.1f}; read bandwidth {bandwidth:.1f} GB/s; "
           f"medians over {cfg['rounds']} processes x {cfg['repeats']} repeats, {cfg['new_tokens']} new tokens, greedy", flush=True)
     if not llamacpp.available():
