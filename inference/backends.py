@@ -160,12 +160,16 @@ class LlamaCpp(Local):
     # 75 MB a sequence), and measured 4 sequences at 1.6x one: more gain little.
     rows = 4
 
-    def _decodes(self, spec) -> bool:
-        """Whether the model's decoder goes to llama.cpp. Chosen by `auto`,
-        not for a model the page scores labels with (the tweet adapter):
-        its GGUF (1.2 GB for TinyLlama) would serve only the API's chat."""
-        automatic = self.settings.asked(spec.key) == "auto"
-        return spec.is_generative and not (automatic and spec.task == LABEL_SCORE)
+    def _decodes(self, spec, revision: str | None = None) -> bool:
+        """Whether the model's decoder goes to llama.cpp (revision None: any
+        may, as a load's cost counts). Where `auto` chose llama.cpp, only a
+        model's own checkpoint does, and not the tweet adapter: a GGUF (170 MB
+        for 160m, 1.2 GB for TinyLlama) would otherwise be written for each
+        checkpoint the Compare tab's timeline reads, and for a model the page
+        only scores labels with."""
+        if not spec.is_generative or self.settings.asked(spec.key) != "auto":
+            return spec.is_generative
+        return spec.task != LABEL_SCORE and revision in (None, spec.revision)
 
     def _why_not(self, m: Loaded) -> str | None:
         if m.device.type != "cpu":
@@ -177,7 +181,7 @@ class LlamaCpp(Local):
         return None
 
     def prepare(self, m: Loaded) -> None:
-        if not self._decodes(m.spec):
+        if not self._decodes(m.spec, m.revision):
             return super().prepare(m)
         compute, why = None, self._why_not(m)
         if why is None:

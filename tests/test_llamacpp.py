@@ -178,10 +178,13 @@ def test_auto_where_llama_cpp_is_the_faster_decodes_there_and_says_nothing_of_gp
     aira = e.load("aira-2-124m")
     assert "local decoder" not in (aira.banner or "") and "llama.cpp" not in aira.label
     assert isinstance(decoder.decoder_for(aira).compute, decoder.Torch)
-    # The tweet adapter scores labels on its torch model: no GGUF is written for it.
-    tweet = e.load("tinyllama-tweet")
-    assert "llama.cpp" not in tweet.label and "local decoder" not in (tweet.banner or "")
-    assert not list((Path(e.settings.data_dir) / "gguf").glob("tinyllama-tweet*"))
+    # Nor is a GGUF written for each training checkpoint (the Compare tab's
+    # timeline reads them all), or for the tweet adapter, which scores labels.
+    for key, revision in (("ttl-160m", "step100000"), ("tinyllama-tweet", None)):
+        other = e.load(key, revision)
+        assert "llama.cpp" not in other.label and "local decoder" not in (other.banner or "")
+    [written] = (Path(e.settings.data_dir) / "gguf").iterdir()
+    assert written.name.startswith("ttl-160m@main-")
 
 
 def test_the_gguf_is_written_once_and_found_again_by_a_new_engine(served):
