@@ -7,16 +7,18 @@ asks a backend for four things and nothing else:
   the top of its distribution (`sampling.Scored`);
 - `classify`: a sequence classifier's logits for given inputs.
 
-Three are here, and a fourth in remote.py. `local` (the default on a CPU) decodes with the hand-written
-batched decoder (decoder.py) over the CPU fast path (fastpath.py): every
-request on a model shares decode steps. `llamacpp` gives that decoder
-llama.cpp's compute (llamacpp.py) for Llama models, where the optional
-extra is installed: one stream at llama.cpp's speed; the default on a CPU
-without VNNI where the extra is installed (`llamacpp.preferred`).
-`transformers` runs transformers' own `generate` with a streamer and
-logits processors, one request per model at a time: the reference the
-local decoder is tested against, and the default on CUDA/MPS. `vllm` (remote.py) sends the same four calls to
-OpenAI-compatible servers. `Settings.backend`/`backends` chooses (TTL_BACKEND).
+Three are here, and a fourth in remote.py. `local` (the default on a CPU)
+decodes with the hand-written batched decoder (decoder.py) over the CPU
+fast path (fastpath.py): every request on a model shares decode steps.
+`llamacpp` gives that decoder llama.cpp's compute (llamacpp.py) for Llama
+models, where the optional extra is installed: one stream at llama.cpp's
+speed; the default on a CPU without VNNI where the extra is installed
+(`llamacpp.preferred`). `transformers` runs transformers' own `generate`
+with a streamer and logits processors, one request per model at a time:
+the reference the local decoder is tested against, and the default on
+CUDA/MPS. `vllm` (remote.py) sends the same four calls to
+OpenAI-compatible servers. `Settings.backend`/`backends` chooses
+(TTL_BACKEND).
 """
 
 from __future__ import annotations
@@ -161,12 +163,12 @@ class LlamaCpp(Local):
     rows = 4
 
     def _decodes(self, spec, revision: str | None = None) -> bool:
-        """Whether the model's decoder goes to llama.cpp (revision None: any
-        may, as a load's cost counts). Where `auto` chose llama.cpp, only a
-        model's own checkpoint does, and not the tweet adapter: a GGUF (170 MB
-        for 160m, 1.2 GB for TinyLlama) would otherwise be written for each
-        checkpoint the Compare tab's timeline reads, and for a model the page
-        only scores labels with."""
+        """Whether llama.cpp decodes the model at `revision` (None, as for a
+        load's cost: at any). Where `auto` chose it, only at the model's own
+        checkpoint, and not the tweet adapter: a GGUF (170 MB for 160m, 1.2 GB
+        for TinyLlama) would otherwise be written for each checkpoint the
+        Compare tab's timeline reads, and for a model the page only scores
+        labels with."""
         if not spec.is_generative or self.settings.asked(spec.key) != "auto":
             return spec.is_generative
         return spec.task != LABEL_SCORE and revision in (None, spec.revision)
