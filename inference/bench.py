@@ -294,7 +294,7 @@ ENGINE_LLAMA_CPP = "engine:llamacpp"   # the engine on its llamacpp backend
 
 
 def table(results: dict) -> str:
-    rows = ["| model | figure | engine (road) | pipeline fp32, cache on | cards (cache off) "
+    rows = ["| model | figure | engine (backend, road) | pipeline fp32, cache on | cards (cache off) "
             "| llama.cpp Q8_0 | engine/baseline | engine/llama.cpp |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, sides in results.items():
@@ -308,7 +308,8 @@ def table(results: dict) -> str:
                 c = base.get("cards", {}).get(fig)
                 ratio = lambda d: f"{e / d:.2f}x" if e is not None and d else "–"
                 better = "" if higher else " (lower is better)"
-                rows.append(f"| {key} | {name} [{unit}]{better} | {fmt(e, unit)} ({side.split(':')[1]}) "
+                road = side.split(":")[1] if side == ENGINE_LLAMA_CPP else f"local, {side.split(':')[1]}"
+                rows.append(f"| {key} | {name} [{unit}]{better} | {fmt(e, unit)} ({road}) "
                             f"| {fmt(b, unit)} | {fmt(c, unit)} | {fmt(l, unit)} | {ratio(b)} | {ratio(l)} |")
     return "\n".join(rows)
 

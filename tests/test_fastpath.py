@@ -154,10 +154,10 @@ def test_bench_table_reports_ratio_against_the_cache_on_pipeline():
                                     "engine:int8": {"decode_tps": 80.0},
                                     bench.LLAMA_CPP: {"decode_tps": 160.0}}})
     row = next(l for l in out.splitlines() if "decode, 1 stream" in l)
-    assert "| 80 (int8) | 20 | 5.00 | 160 | 4.00x | 0.50x |" in row
+    assert "| 80 (local, int8) | 20 | 5.00 | 160 | 4.00x | 0.50x |" in row
     # Without llama.cpp (not installed) its column says so with a dash.
     out = bench.table({"ttl-160m": {"pipeline": {"decode_tps": 20.0}, "engine:int8": {"decode_tps": 80.0}}})
-    assert "| 80 (int8) | 20 | – | – | 4.00x | – |" in out
+    assert "| 80 (local, int8) | 20 | – | – | 4.00x | – |" in out
 
 
 def test_aira_conv1d_layers_become_linear_with_the_same_logits(engine):
