@@ -165,7 +165,7 @@ def test_a_model_llama_cpp_cannot_take_generates_locally_and_its_banner_says_why
     assert list(generation.stream_tokens(m, ids, Sampling(max_new_tokens=4, seed=1)))[-1][1]
 
 
-def test_auto_where_llama_cpp_is_the_faster_decodes_there_and_says_nothing_of_gpt2(monkeypatch, tmp_path):
+def test_auto_where_llama_cpp_is_the_faster_gives_it_the_served_llamas_alone(monkeypatch, tmp_path):
     """On a CPU without VNNI `auto` picks llama.cpp (llamacpp.preferred):
     the Llama models decode there, and Aira-2, which it cannot take,
     generates locally without a banner about a backend nobody asked for."""
