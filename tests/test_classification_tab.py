@@ -147,6 +147,24 @@ def test_a_batch_with_bad_rows_completes(engine, tmp_path):
     assert len(saved) == 4 and list(saved.label[[0, 3]]) == list(good.label)
 
 
+def test_a_batch_pads_each_chunk_to_rows_of_its_own_length(imdb, monkeypatch):
+    """Rows of mixed lengths: each chunk holds rows of similar length (so
+    short rows are not padded to a long one's length), and every row's
+    result, in the file's order, is what it gets alone."""
+    texts = [("Ótimo. " if i % 2 else "Um filme longo, lento e sem graça. " * 6) + str(i)
+             for i in range(2 * classification.BATCH_CHUNK)]
+    widths = []
+    run = imdb.backend.classify
+    monkeypatch.setattr(imdb.backend, "classify", lambda m, rows: widths.append(
+        [len(r["input_ids"]) for r in rows]) or run(m, rows))
+    got = classification.classify_rows(imdb, [{"text": t} for t in texts])
+    short, long = widths   # in the file they alternate
+    assert len(short) == len(long) == classification.BATCH_CHUNK and max(short) < min(long)
+    alone = [classification.classify(imdb, [{"text": t}])[0] for t in texts]
+    for g, a in zip(got, alone):
+        assert g == pytest.approx(a, abs=1e-5)
+
+
 def test_switching_the_classifier_empties_the_batch_results(engine):
     df, counts, download, _ = batch_of(engine, None, "Adorei.\nPéssimo.", "ttl-160m-imdb")
     assert list(df.columns) == ["row", "text", "label", "NEGATIVE", "POSITIVE", "error"]
