@@ -133,9 +133,10 @@ class PackedInt8Linear(nn.Module):
     matrices, 2 vCPUs with VNNI). Without VNNI `torch._int_mm` has no fast
     kernel at all (TeenyTinyLlama-160m on a 2-vCPU Zen 3: 105 ms a decode
     step and 33 s for a 512-token prompt, against 36 ms and 1.6 s here,
-    scripts/decode_step.py), so there every int8 model uses this one. fbgemm codes a row in unsigned 8 bits around a zero point, so
-    results are not Int8Linear's bit for bit; their error against fp32 is
-    the same or smaller (tests/test_fastpath.py).
+    scripts/decode_step.py), so there every int8 model uses this one.
+    fbgemm codes a row in unsigned 8 bits around a zero point, so results
+    are not Int8Linear's bit for bit; their error against fp32 is the same
+    or smaller (tests/test_fastpath.py).
 
     fbgemm quantises its whole input with one scale and zero point, from
     its minimum and maximum. Dividing each row by its largest magnitude and
