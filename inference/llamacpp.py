@@ -293,14 +293,19 @@ class Compute:
         being decoder row `where.rows.start + r`, at `where.positions`."""
         lib, b = self.lib, self.batch
         tokens, positions = ids.tolist(), where.positions.tolist()
-        last, i = [], 0
-        for r, (row, pos) in enumerate(zip(tokens, positions)):
-            for j, (token, p) in enumerate(zip(row, pos)):
+        seqs = self.seq[where.rows.start:where.rows.start + len(tokens)]
+        # Rows in the order of their sequence ids: llama.cpp splits a batch
+        # wherever the next sequence id is not one more than the last, and
+        # each part reads every weight again (4 rows in sequences 1, 3, 0, 2:
+        # 38 ms a step against 25 in order, TeenyTinyLlama-160m, 2 vCPUs).
+        last, i = [0] * len(tokens), 0
+        for r in sorted(range(len(tokens)), key=seqs.__getitem__):
+            for j, (token, p) in enumerate(zip(tokens[r], positions[r])):
                 b.token[i], b.pos[i], b.n_seq_id[i] = token, p, 1
-                b.seq_id[i][0] = self.seq[where.rows.start + r]
-                b.logits[i] = j == len(row) - 1
+                b.seq_id[i][0] = seqs[r]
+                b.logits[i] = j == len(tokens[r]) - 1
                 i += 1
-            last.append(i - 1)
+            last[r] = i - 1
         b.n_tokens = i
         if (code := lib.llama_decode(self.ctx, b)) != 0:
             raise RuntimeError(f"llama.cpp could not decode this batch (llama_decode returned {code}).")
