@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import copy
+import itertools
 import json
 import multiprocessing
 import os
@@ -49,6 +50,8 @@ FIGURES = {
     "first_request_s": ("first request (cold, 32-token prompt)", "s", False),
     "ttft_32_s": ("time to first token, 32-token prompt", "s", False),
     "ttft_512_s": ("time to first token, 512-token prompt", "s", False),
+    "ttft_turn_s": ("time to first token, 512-token prompt after one of its first 480 (a chat's next turn)",
+                    "s", False),
     "decode_tps": ("decode, 1 stream", "tok/s", True),
     "stream4_tps": ("decode, 4 simultaneous streams (aggregate)", "tok/s", True),
     "weight_mb_per_token": ("weights read per token", "MB", False),
@@ -77,10 +80,22 @@ def read_bandwidth_gbs(repeats: int = 7) -> float:
     return x.numel() * 4 / median_time(x.sum, repeats) / 1e9
 
 
+def corpus_ids(tokenizer) -> list[int]:
+    return tokenizer("\n".join(standins._corpus_lines()), add_special_tokens=False)["input_ids"]
+
+
 def prompt_ids(tokenizer, n: int) -> list[int]:
-    text = "\n".join(standins._corpus_lines())
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = corpus_ids(tokenizer)
     return (ids * (n // len(ids) + 1))[:n]
+
+
+def cold_prompts(tokenizer):
+    """`cold(n)`: an n-token prompt of the corpus that starts where no
+    earlier one did, so that an engine keeping what earlier prompts left
+    (decoder.Prefixes) computes it whole, as a new visitor's."""
+    ids = corpus_ids(tokenizer)
+    starts = itertools.count(0, 7)   # 7 is prime to the corpus' length: no start comes round soon
+    return lambda n: (lambda k: [ids[(k + i) % len(ids)] for i in range(n)])(next(starts))
 
 
 def corpus_texts(n: int) -> list[str]:
@@ -157,20 +172,28 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
                 if isinstance(token, BaseException):
                     raise token
     out = {"load_s": time.perf_counter() - t0}
-    p32, p512 = prompt_ids(tok, 32), prompt_ids(tok, 512)
-    out["first_request_s"] = median_time(lambda: gen(p32, 1), 1)
-    gen(p32, 4)   # warm-up
-    out["ttft_32_s"] = median_time(lambda: gen(p32, 1), repeats)
-    out["ttft_512_s"] = median_time(lambda: gen(p512, 1), repeats)
-    t_n = median_time(lambda: gen(p32, n), repeats)
+    cold = cold_prompts(tok)
+    out["first_request_s"] = median_time(lambda: gen(cold(32), 1), 1)
+    gen(cold(32), 4)   # warm-up
+    out["ttft_32_s"] = median_time(lambda: gen(cold(32), 1), repeats)
+    out["ttft_512_s"] = median_time(lambda: gen(cold(512), 1), repeats)
+    t_n = median_time(lambda: gen(cold(32), n), repeats)
     out["decode_tps"] = (n - 1) / max(t_n - out["ttft_32_s"], 1e-9)
+
+    def turn() -> float:
+        prompt = cold(512)
+        gen(prompt[:480], 1)   # the last turn, answered
+        t = time.perf_counter()
+        gen(prompt, 1)
+        return time.perf_counter() - t
+    out["ttft_turn_s"] = statistics.median(turn() for _ in range(repeats))
 
     if model is None:   # llama.cpp: one sequence per context, weights in the GGUF
         out["weight_mb_per_token"] = llamacpp.weight_bytes_per_token(gguf) / 1e6
         return out
 
     def four():
-        threads = [threading.Thread(target=gen, args=(p32, n)) for _ in range(4)]
+        threads = [threading.Thread(target=gen, args=(cold(32), n)) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
@@ -179,8 +202,8 @@ def _generative_side(side: str, key: str, path: str, cfg: dict) -> dict:
     out["weight_mb_per_token"] = (llamacpp.weight_bytes_per_token(m.decoder.compute.path)
                                   if side == ENGINE_LLAMA_CPP else fastpath.weight_bytes_per_token(model)) / 1e6
     if side == "pipeline" and not cards_cache:
-        ttft = median_time(lambda: gen(p32, 1, cache=False), repeats)
-        t_n = median_time(lambda: gen(p32, n, cache=False), max(1, repeats // 2))
+        ttft = median_time(lambda: gen(cold(32), 1, cache=False), repeats)
+        t_n = median_time(lambda: gen(cold(32), n, cache=False), max(1, repeats // 2))
         out["cards"] = {"ttft_32_s": ttft, "decode_tps": (n - 1) / max(t_n - ttft, 1e-9)}
     return out
 

@@ -2,6 +2,10 @@
 batch, one token per step, over a key/value cache of our own with one row per
 request. Requests join the batch and leave it between steps (continuous
 batching): a new prompt is prefilled on its own, then decodes with the rest.
+A row that a request leaves keeps its keys and values while no other
+prompt needs it (the last one freed even when the model goes idle): a
+prompt that starts the same way (the next of n completions, a chat's next
+turn) is prefilled from where they end (`Prefixes`).
 
 Why not `model.generate`: it serves one request at a time, and on a small
 CPU a step costs about the same for one row as for four (the time goes to
@@ -13,8 +17,8 @@ cache row per request and read the stacked q/k/v weights of
 to them (int8, bf16) applies, and tests check its logits against
 transformers' forward.
 
-Read top to bottom: `Cache` -> `attend` -> one forward per architecture
-(`llama`, `gpt2`) -> `Torch`, the compute over them -> `Decoder`, the batch
+Read top to bottom: `Cache` -> `Prefixes` -> `attend` -> one forward per
+architecture (`llama`, `gpt2`) -> `Torch`, the compute over them -> `Decoder`, the batch
 of one model, which the engine's compute thread (worker.py) runs a turn at
 a time. The llama.cpp backend gives the same Decoder another compute
 (llamacpp.Compute). Each row's token is drawn
@@ -23,6 +27,7 @@ by `sampling.draw`.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -75,8 +80,63 @@ class Cache:
             kv[:, :, :have_rows, :, :have_len] = self.kv
         self.kv = kv
 
-    def move(self, src: int, dst: int) -> None:
-        self.kv[:, :, dst] = self.kv[:, :, src]
+    def swap(self, a: int, b: int) -> None:
+        self.kv[:, :, [a, b]] = self.kv[:, :, [b, a]]
+
+    def keep(self, row: int, length: int) -> None:
+        """Give the memory back, but for row `row`'s first `length`
+        positions (to the next doubling), which become row 0."""
+        size = MIN_LENGTH
+        while size < length:
+            size *= 2
+        size = min(size, self.context)
+        if self.kv.shape[2] > 1 or self.kv.shape[4] > size:
+            self.kv = self.kv[:, :, row:row + 1, :, :size].clone()
+
+
+def shared(held: list[int], ids: list[int]) -> int:
+    """How many of the first ids of `ids` `held` starts with: all but the
+    last at most, whose logits a prefill computes."""
+    n = min(len(held), len(ids) - 1)
+    return next((i for i in range(n) if held[i] != ids[i]), n)
+
+
+class Prefixes:
+    """What freed cache rows still hold: for each, the ids whose keys and
+    values are in it. A prompt that starts with them (the next of n
+    completions, a chat's next turn, an API client sending a conversation
+    again) is prefilled from where they end: the keys and values of a
+    position depend on the ids up to it alone. Rows are named by whatever
+    the compute calls them (a cache row, a llama.cpp sequence id)."""
+
+    def __init__(self):
+        self.held: dict[int, tuple[int, list[int]]] = {}   # row -> (when freed, ids)
+        self._tick = itertools.count()
+
+    def keep(self, row: int, ids: list[int]) -> None:
+        self.held[row] = (next(self._tick), list(ids))
+
+    def swap(self, a: int, b: int) -> None:
+        ha, hb = self.held.pop(a, None), self.held.pop(b, None)
+        self.held.update({k: v for k, v in ((b, ha), (a, hb)) if v is not None})
+
+    def take(self, rows, ids: list[int]) -> tuple[int, int]:
+        """Of the free `rows`, the one to prefill `ids` into, and how many
+        of their first ids it holds (all but the last at most: the prefill
+        computes the last one's logits). With none shared, a row that holds
+        nothing or was freed longest ago, so that recent ones stay."""
+        rows = list(rows)
+        best = max((r for r in rows if r in self.held), key=lambda r: shared(self.held[r][1], ids), default=None)
+        k = shared(self.held[best][1], ids) if best is not None else 0
+        if not k:
+            best = min(rows, key=lambda r: self.held[r][0] if r in self.held else -1)
+        self.held.pop(best, None)
+        return best, k
+
+    def latest(self) -> tuple[int, list[int]] | None:
+        """The row freed last and its ids."""
+        row = max(self.held, key=lambda r: self.held[r][0], default=None)
+        return None if row is None else (row, self.held[row][1])
 
 
 @dataclass
@@ -85,7 +145,7 @@ class Where:
     rows: slice                  # cache rows of the batch, in order
     positions: torch.Tensor      # [batch, n] position of each input token
     length: int                  # attention reads positions [0, length)
-    mask: torch.Tensor | None    # [batch, 1, 1, length]; None: causal (a prefill)
+    mask: torch.Tensor | None    # [batch, 1, n, length]; None: causal from position 0
 
 
 def attend(cache: Cache, layer: int, where: Where, q, k, v, scale: float | None = None):
@@ -152,7 +212,7 @@ FORWARDS: dict[str, Callable] = {"llama": llama, "gpt2": gpt2}
 
 class Torch:
     """A decoder's compute in torch: the model's forward (FORWARDS) over the
-    engine's own cache. The Decoder asks its compute for five things, so
+    engine's own cache. The Decoder asks its compute for six things, so
     that another one (llamacpp.Compute) can take its place."""
 
     def __init__(self, m: "Loaded"):
@@ -160,22 +220,43 @@ class Torch:
         self.model = base_model(m.model)
         self.arch = self.model.config.model_type
         self.context = self.cache.context   # tokens a row may hold
+        self.prefixes = Prefixes()
 
     def reserve(self, rows: int, length: int) -> None:
         self.cache.reserve(rows, length)
+
+    def reuse(self, row: int, ids: list[int]) -> int:
+        """Make row `row` (and those after it, free) ready for the prompt
+        `ids`: the freed row holding most of its start becomes row `row`.
+        Returns how many of its first ids that row holds."""
+        best, k = self.prefixes.take(range(row, self.cache.kv.shape[2]), ids)
+        if best != row:
+            self.cache.swap(best, row)
+            self.prefixes.swap(best, row)
+        return k
 
     def forward(self, ids: torch.Tensor, where: Where) -> torch.Tensor:
         return FORWARDS[self.arch](self.model, ids, where, self.cache)
 
     def move(self, src: int, dst: int) -> None:
-        """Row `src`'s keys and values to row `dst` (`src` is let go after)."""
-        self.cache.move(src, dst)
+        """Row `dst` takes over row `src`'s request, and `src` holds what
+        `dst` held, for the decoder to free."""
+        self.cache.swap(src, dst)
 
-    def free(self, row: int) -> None:
-        """Row `row` is no longer in use (a later forward writes over it)."""
+    def free(self, row: int, ids: list[int]) -> None:
+        """Row `row` is no longer in use; it holds the keys and values of `ids`."""
+        self.prefixes.keep(row, ids)
 
     def idle(self) -> None:
-        self.cache.kv = None   # give the memory back
+        """Give the memory back, but for the row freed last: the next
+        completion or chat turn starts with what it holds."""
+        latest, self.prefixes = self.prefixes.latest(), Prefixes()
+        if latest is None:
+            self.cache.kv = None
+        else:
+            row, ids = latest
+            self.cache.keep(row, len(ids))
+            self.prefixes.keep(0, ids)
 
 
 def base_model(model):
@@ -250,6 +331,7 @@ class Decoder:
         self._waiting: deque[Request] = deque()
         self._guard = threading.Lock()
         self.sizes: deque[int] = deque(maxlen=1000)   # rows per step, for tests and logs
+        self.reused: deque[int] = deque(maxlen=1000)  # prompt ids not computed again, per prefill
 
     @property
     def busy(self) -> bool:
@@ -302,7 +384,7 @@ class Decoder:
             self.compute.move(last, i)
             self.rows[i] = self.rows[last]
         self.rows.pop()
-        self.compute.free(last)
+        self.compute.free(last, r.seen[:r.length].tolist())
         r.finish()
 
     def _admit(self, r: Request) -> bool:
@@ -319,13 +401,15 @@ class Decoder:
             return False
 
     def _prefill(self, r: Request) -> None:
-        n = len(r.ids)
-        row = len(self.rows)
-        self.compute.free(row)   # what a failed prefill may have left there
+        n, row, device = len(r.ids), len(self.rows), self.m.device
         self.compute.reserve(row + 1, n + 1)
-        ids = torch.tensor([r.ids], device=self.m.device)
-        where = Where(slice(row, row + 1), torch.arange(n, device=self.m.device)[None], n, None)
-        logits = self.compute.forward(ids, where)
+        k = self.compute.reuse(row, r.ids)   # the prompt's first k ids are in row `row` already
+        self.reused.append(k)
+        positions = torch.arange(k, n, device=device)[None]
+        # After k held positions the mask is causal from k (SDPA's is_causal starts at 0).
+        mask = (torch.arange(n, device=device) <= positions[0, :, None])[None, None] if k else None
+        where = Where(slice(row, row + 1), positions, n, mask)
+        logits = self.compute.forward(torch.tensor([r.ids[k:]], device=device), where)
         self.rows.append(r)
         self._emit([r], logits)
 

@@ -223,9 +223,12 @@ def logits(llm, ids: list[int]) -> np.ndarray:
 
 def greedy(llm, ids: list[int], new: int, on_token=None) -> list[int]:
     """`new` tokens after `ids`, each the most likely (no end token stops
-    it); `on_token(id)` is called as each is drawn."""
-    llm.reset()
-    out, step = [], list(ids)
+    it); `on_token(id)` is called as each is drawn. The ids the context
+    holds from the last call that start `ids` are not evaluated again, as
+    llama-cpp-python's own completions do."""
+    from .decoder import shared
+    llm.n_tokens = shared(list(llm.input_ids[:llm.n_tokens]), ids)   # eval() drops the rest
+    out, step = [], list(ids[llm.n_tokens:])
     for _ in range(new):
         llm.eval(step)
         token = int(np.argmax(_last_logits(llm)))
@@ -262,10 +265,13 @@ class Compute:
     Each sequence has a cache of its own in llama.cpp, so copying one to
     another copies it whole (75 MB for TeenyTinyLlama-160m). The decoder's
     rows therefore map to sequence ids (`seq`), and a row that moves takes
-    its sequence id with it instead."""
+    its sequence id with it instead. A freed sequence keeps what it holds
+    (`prefixes`) until a prompt that does not start the same way needs it."""
 
     def __init__(self, path: Path, rows: int, context: int, threads: int):
         import llama_cpp as lib
+
+        from .decoder import Prefixes
         # llama-cpp-python prints llama.cpp's log through this logger: errors only.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         self.lib, self.path, self.rows, self.context = lib, path, rows, context
@@ -284,9 +290,19 @@ class Compute:
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(context, 0, 1)
         self.seq = list(range(rows))   # decoder row -> llama.cpp sequence id
+        self.prefixes = Prefixes()     # by sequence id
 
     def reserve(self, rows: int, length: int) -> None:
         """Nothing to do: every sequence has its whole context already."""
+
+    def reuse(self, row: int, ids: list[int]) -> int:
+        """Give row `row` the free sequence holding most of the start of
+        `ids`, without what it holds after that; returns how many ids it holds."""
+        seq, k = self.prefixes.take(self.seq[row:], ids)
+        j = self.seq.index(seq)
+        self.seq[row], self.seq[j] = seq, self.seq[row]
+        self.lib.llama_memory_seq_rm(self.memory, seq, k, -1)
+        return k
 
     def forward(self, ids: torch.Tensor, where) -> torch.Tensor:
         """The next-token logits [rows, vocab] after `ids` [rows, n], row r
@@ -318,12 +334,13 @@ class Compute:
         for the decoder to free."""
         self.seq[src], self.seq[dst] = self.seq[dst], self.seq[src]
 
-    def free(self, row: int) -> None:
-        # A sequence's cells are read by whatever next uses its id: clear them.
-        self.lib.llama_memory_seq_rm(self.memory, self.seq[row], -1, -1)
+    def free(self, row: int, ids: list[int]) -> None:
+        """Row `row` is no longer in use; its sequence holds `ids`."""
+        self.prefixes.keep(self.seq[row], ids)
 
     def idle(self) -> None:
-        self.lib.llama_memory_clear(self.memory, False)   # True would also zero the buffer
+        """Nothing to give back: the sequences' cells are llama.cpp's for
+        as long as the context lives, and the freed ones keep their prefixes."""
 
     def __del__(self):
         # Each handle alone: one that failed (or was never made) leaves the others to free.

@@ -118,7 +118,7 @@ def test_a_request_that_joins_late_and_one_that_leaves_early(ttl):
     assert short.released.is_set() and long.released.is_set()
 
 
-def test_cache_grows_by_doubling_and_is_given_back_when_idle(ttl):
+def test_cache_grows_by_doubling_and_is_given_back_when_idle_but_a_row(ttl):
     c = decoder.new_cache(ttl)
     c.reserve(1, 10)
     assert c.kv.shape[2] == 1 and c.kv.shape[4] == decoder.MIN_LENGTH
@@ -128,10 +128,13 @@ def test_cache_grows_by_doubling_and_is_given_back_when_idle(ttl):
     assert float(c.kv[:, :, 0, :, :3].min()) == 1.0   # kept across the growth
     c.reserve(100, 10**6)
     assert c.kv.shape[2] == decoder.MAX_ROWS and c.kv.shape[4] == c.context
+    # Idle, the decoder keeps the row freed last, no longer than its ids need
+    # (the next completion or chat turn starts from it), and gives the rest back.
     ids = formats.encode("plain", ttl.tokenizer, {"text": "A lhama"})
     generation.complete(ttl, ids, Sampling(max_new_tokens=3, seed=1))
     d = decoder.decoder_for(ttl)
-    assert wait_until(lambda: d.compute.cache.kv is None and ttl.worker.idle, 2)
+    assert wait_until(lambda: ttl.worker.idle and d.compute.cache.kv.shape[2] == 1, 2)
+    assert d.compute.cache.kv.shape[4] == decoder.MIN_LENGTH
     assert wait_until(lambda: not ttl.worker.running, ttl.worker.linger_s + 2)   # then the thread ends
 
 
@@ -167,3 +170,82 @@ def test_a_prompt_that_fails_alone_does_not_stop_the_batch(ttl):
 def test_an_over_long_prompt_is_refused_with_a_message(ttl):
     with pytest.raises(ValueError, match="A prompt must have 1 to 2047 tokens"):
         list(generation.stream_tokens(ttl, [5] * 5000, Sampling(max_new_tokens=4)))
+
+
+def greedy(m, ids, new=8):
+    s = Sampling(do_sample=False, max_new_tokens=new, repetition_penalty=1.0)
+    return list(generation.stream_tokens(m, ids, s, None))[-1][2]
+
+
+@pytest.mark.parametrize("key", ["ttl-160m", "aira-2-124m"])
+def test_a_chats_next_turn_is_prefilled_from_where_the_last_answer_ends(fp32_engine, key):
+    """The next turn's prompt starts with the last one and its answer: only
+    what follows is computed, and its text and "Why this token?" are what
+    transformers computes from the whole prompt."""
+    m = fp32_engine.load(key)
+    d = decoder.decoder_for(m)
+    first = formats.encode("plain", m.tokenizer, {"text": "A lhama é um animal"})
+    answer = [t.id for t in greedy(m, first, 6)]
+    turn = first + answer + m.tokenizer(" e a alpaca também", add_special_tokens=False)["input_ids"]
+    drawn = greedy(m, turn)
+    assert d.reused[-1] == len(first) + 5   # the answer's last token was never fed back
+    with torch.inference_mode():
+        out = m.model.generate(torch.tensor([turn]), do_sample=False, max_new_tokens=8,
+                               temperature=None, top_p=None, top_k=None,
+                               pad_token_id=m.tokenizer.pad_token_id or 0)
+        probs = torch.softmax(m.model(torch.tensor([turn])).logits[0, -1], -1)
+    assert [t.id for t in drawn] == out[0, len(turn):].tolist()
+    assert drawn[0].prob == pytest.approx(float(probs[drawn[0].id]), abs=1e-5)
+
+
+def test_with_int8_weights_a_prompt_read_from_a_held_prefix_is_drawn_bit_for_bit_as_cold(ttl):
+    """Each row's int8 product depends on that row alone, so the keys and
+    values a finished request left are those a cold prefill computes."""
+    d = decoder.decoder_for(ttl)
+    lead = ttl.tokenizer("A lhama", add_special_tokens=False)["input_ids"]   # no BOS first
+    prompt = formats.encode("plain", ttl.tokenizer, {"text": "O Rio Grande do Sul tem"})
+    greedy(ttl, lead)   # row 0 now holds a prompt that shares nothing with `prompt`
+    cold = greedy(ttl, prompt)
+    assert d.reused[-1] == 0
+    greedy(ttl, lead)
+    held = prompt[:4] + [t.id for t in greedy(ttl, prompt[:4])][:7]   # what row 0 now holds
+    warm = greedy(ttl, prompt)
+    assert d.reused[-1] == next(i for i, (a, b) in enumerate(zip(held, prompt)) if a != b) >= 4
+    assert warm == cold
+
+
+def test_n_completions_compute_their_prompt_once(engine):
+    from inference import api
+    list(api.generate(engine, "ttl-160m", "Uma história " * 30, n=3, max_new_tokens=4, seed=2))
+    d = decoder.decoder_for(engine.load("ttl-160m"))
+    n = len(engine.load("ttl-160m").tokenizer("Uma história " * 30)["input_ids"])
+    assert list(d.reused)[-2:] == [n - 1, n - 1]
+
+
+def test_a_row_freed_mid_batch_keeps_its_prefix_while_the_batch_goes_on(fp32_engine):
+    """A row leaving the middle of the batch trades places with the last
+    one: what the freed row holds must follow it there."""
+    m = fp32_engine.load("ttl-160m")
+    d = decoder.decoder_for(m)
+    say = lambda text: formats.encode("plain", m.tokenizer, {"text": text})
+    greedy_s = lambda n: Sampling(do_sample=False, max_new_tokens=n, repetition_penalty=1.0)
+    first = d.submit(say("A lhama"), greedy_s(300), stop=frozenset())
+    first.out.get()
+    short = say("O Rio Grande do Sul")
+    middle = d.submit(short, greedy_s(5), stop=frozenset())
+    answer = [middle.out.get().id]
+    last = d.submit(say("Porto Alegre"), greedy_s(300), stop=frozenset())
+    last.out.get()
+    while (t := middle.out.get()) is not None:
+        answer.append(t.id)
+    follow = short + answer + [42]
+    drawn = greedy(m, follow, 4)
+    assert d.reused[-1] == len(short) + 4
+    with torch.inference_mode():
+        out = m.model.generate(torch.tensor([follow]), do_sample=False, max_new_tokens=4,
+                               temperature=None, top_p=None, top_k=None, pad_token_id=0)
+    assert [t.id for t in drawn] == out[0, len(follow):].tolist()
+    assert not (first.released.is_set() or last.released.is_set())   # it was decoded mid-batch
+    for r in (first, last):
+        r.cancel.set()
+        assert wait_until(r.released.is_set, 10)

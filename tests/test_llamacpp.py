@@ -144,6 +144,26 @@ def test_requests_decoded_together_each_get_their_text_alone(served):
     assert list(generation.stream_tokens(m, ids, asks[2]))[-1][1] == alone[2]
 
 
+def test_a_chats_next_turn_reads_the_last_one_from_its_sequence_and_draws_as_llama_cpp_alone(served):
+    """The next turn starts with the last prompt and its answer: llama.cpp
+    computes only what follows, in the sequence the answer left, and the
+    tokens are those llama.cpp alone draws from the whole prompt (within
+    the rounding of a prompt read in another split, as above)."""
+    m = served.load("ttl-160m")
+    s = Sampling(do_sample=False, max_new_tokens=6, repetition_penalty=1.0)
+    first = formats.encode("plain", m.tokenizer, {"text": "O Rio Grande do Sul"})
+    answer = [t.id for t in list(generation.stream_tokens(m, first, s))[-1][2]]
+    turn = first + answer + m.tokenizer(" e Porto Alegre", add_special_tokens=False)["input_ids"]
+    drawn = list(generation.stream_tokens(m, turn, s))[-1][2]
+    assert m.decoder.reused[-1] == len(first) + 5
+    [path] = (p for p in (Path(served.settings.data_dir) / "gguf").iterdir() if p.name.startswith("ttl-160m"))
+    llm = llamacpp.open_model(path, context=64, threads=1)
+    for i, d in enumerate(drawn):
+        probs = torch.softmax(torch.from_numpy(llamacpp.logits(llm, turn + [t.id for t in drawn[:i]])), -1)
+        assert d.prob == pytest.approx(float(probs[d.id]), abs=5e-3)
+        assert d.prob >= float(probs.max()) - 5e-3
+
+
 def test_why_this_token_after_a_long_prompt_is_within_the_pages_bound_of_fp32(served):
     m = served.load("ttl-160m")
     reference = engine_for_tests(fast="off").load("ttl-160m")
