@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from gradio_client.exceptions import AppError
 
-from inference import bestofn, classification, decoder, formats, generation, standins
+from inference import api, bestofn, classification, decoder, formats, generation, standins
 from inference.sampling import Sampling
 from inference.engine import Engine
 from inference.settings import Settings
@@ -193,3 +193,18 @@ def test_undo_drops_the_exchange_and_returns_the_question():
     data = chat_tab.gr.UndoData(None, {"index": 2, "value": "Tudo bem?"})
     kept, question = chat_tab.undo(history, data)
     assert [m["content"] for m in kept] == ["Oi", "Olá!"] and question == "Tudo bem?"
+
+
+def test_the_next_turn_computes_only_what_the_last_answer_did_not_leave(engine):
+    """The next turn's prompt starts with the last one and its answer (as
+    Aira's format writes them back): the decoder reads those from the row
+    the answer left, and computes the new question alone."""
+    aira = engine.load("aira-2-124m")
+    messages = [{"role": "user", "content": "Olá, tudo bem? Fale sobre lhamas."}]
+    first = list(api.chat(engine, "aira-2-124m", messages, max_new_tokens=20, seed=1))
+    messages += [{"role": "assistant", "content": first[-1].candidates[0].text},
+                 {"role": "user", "content": "E as alpacas?"}]
+    second = list(api.chat(engine, "aira-2-124m", messages, max_new_tokens=20, seed=1))
+    reused = decoder.decoder_for(aira).reused[-1]
+    assert second[0].prompt[:len(first[0].prompt)] == first[0].prompt
+    assert len(first[0].prompt) < reused < len(second[0].prompt)   # the answer's tokens too
