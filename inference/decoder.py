@@ -18,11 +18,11 @@ to them (int8, bf16) applies, and tests check its logits against
 transformers' forward.
 
 Read top to bottom: `Cache` -> `Prefixes` -> `attend` -> one forward per
-architecture (`llama`, `gpt2`) -> `Torch`, the compute over them -> `Decoder`, the batch
-of one model, which the engine's compute thread (worker.py) runs a turn at
-a time. The llama.cpp backend gives the same Decoder another compute
-(llamacpp.Compute). Each row's token is drawn
-by `sampling.draw`.
+architecture (`llama`, `gpt2`) -> `Torch`, the compute over them ->
+`Decoder`, the batch of one model, which the engine's compute thread
+(worker.py) runs a turn at a time. The llama.cpp backend gives the same
+Decoder another compute (llamacpp.Compute). Each row's token is drawn by
+`sampling.draw`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 
 MAX_ROWS = 8         # requests decoded together per model; later ones wait their turn
 MIN_LENGTH = 128     # the cache grows by doubling from here
+# A row that shares fewer first ids with a new prompt is taken as sharing
+# none: so few are quick to compute again, and every Llama prompt shares
+# its first one (BOS), which would hand a stranger's prompt the row holding
+# someone's conversation while an empty one is free.
+MIN_SHARED = 16
 
 
 # -- the cache -----------------------------------------------------------------
@@ -52,7 +57,9 @@ class Cache:
     """Keys and values of every layer for the rows of the batch, in one
     tensor [layers, 2, rows, kv_heads, length, head_dim]. It grows by
     doubling (in rows and in length) so that a short chat does not reserve
-    the whole context, and is dropped when the model goes idle."""
+    the whole context. When the model goes idle it shrinks to the row freed
+    last (`keep`): at most one context's keys and values (TeenyTinyLlama-160m
+    in fp32: 74 KB a token), which stay until the model is unloaded."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, context: int,
                  dtype: torch.dtype, device: torch.device):
@@ -118,17 +125,22 @@ class Prefixes:
 
     def swap(self, a: int, b: int) -> None:
         ha, hb = self.held.pop(a, None), self.held.pop(b, None)
-        self.held.update({k: v for k, v in ((b, ha), (a, hb)) if v is not None})
+        if ha is not None:
+            self.held[b] = ha
+        if hb is not None:
+            self.held[a] = hb
 
     def take(self, rows, ids: list[int]) -> tuple[int, int]:
         """Of the free `rows`, the one to prefill `ids` into, and how many
         of their first ids it holds (all but the last at most: the prefill
-        computes the last one's logits). With none shared, a row that holds
-        nothing or was freed longest ago, so that recent ones stay."""
+        computes the last one's logits). With fewer than MIN_SHARED shared,
+        a row that holds nothing or was freed longest ago, so that recent
+        ones stay."""
         rows = list(rows)
         best = max((r for r in rows if r in self.held), key=lambda r: shared(self.held[r][1], ids), default=None)
         k = shared(self.held[best][1], ids) if best is not None else 0
-        if not k:
+        if k < MIN_SHARED:
+            k = 0
             best = min(rows, key=lambda r: self.held[r][0] if r in self.held else -1)
         self.held.pop(best, None)
         return best, k
@@ -251,12 +263,15 @@ class Torch:
         """Give the memory back, but for the row freed last: the next
         completion or chat turn starts with what it holds."""
         latest, self.prefixes = self.prefixes.latest(), Prefixes()
-        if latest is None:
-            self.cache.kv = None
-        else:
+        if latest is not None:
             row, ids = latest
-            self.cache.keep(row, len(ids))
-            self.prefixes.keep(0, ids)
+            try:
+                self.cache.keep(row, len(ids))   # a copy of the row: memory, while the old cache lives
+                self.prefixes.keep(0, ids)
+                return
+            except (RuntimeError, MemoryError):   # out of memory: this runs outside any request
+                pass
+        self.cache.kv = None
 
 
 def base_model(model):
@@ -404,12 +419,12 @@ class Decoder:
         n, row, device = len(r.ids), len(self.rows), self.m.device
         self.compute.reserve(row + 1, n + 1)
         k = self.compute.reuse(row, r.ids)   # the prompt's first k ids are in row `row` already
-        self.reused.append(k)
         positions = torch.arange(k, n, device=device)[None]
         # After k held positions the mask is causal from k (SDPA's is_causal starts at 0).
         mask = (torch.arange(n, device=device) <= positions[0, :, None])[None, None] if k else None
         where = Where(slice(row, row + 1), positions, n, mask)
         logits = self.compute.forward(torch.tensor([r.ids[k:]], device=device), where)
+        self.reused.append(k)
         self.rows.append(r)
         self._emit([r], logits)
 

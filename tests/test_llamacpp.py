@@ -144,24 +144,40 @@ def test_requests_decoded_together_each_get_their_text_alone(served):
     assert list(generation.stream_tokens(m, ids, asks[2]))[-1][1] == alone[2]
 
 
-def test_a_chats_next_turn_reads_the_last_one_from_its_sequence_and_draws_as_llama_cpp_alone(served):
+def test_a_chats_next_turn_reads_the_last_one_from_its_sequence_and_draws_as_a_cold_prompt(served):
     """The next turn starts with the last prompt and its answer: llama.cpp
-    computes only what follows, in the sequence the answer left, and the
-    tokens are those llama.cpp alone draws from the whole prompt (within
-    the rounding of a prompt read in another split, as above)."""
+    computes only what follows, in the sequence the answer left, and draws
+    what a new engine, reading the whole prompt, draws (within the rounding
+    of a prompt read in another split, as above)."""
     m = served.load("ttl-160m")
     s = Sampling(do_sample=False, max_new_tokens=6, repetition_penalty=1.0)
-    first = formats.encode("plain", m.tokenizer, {"text": "O Rio Grande do Sul"})
+    first = formats.encode("plain", m.tokenizer, {"text": "O Rio Grande do Sul e suas cidades, " * 3})
     answer = [t.id for t in list(generation.stream_tokens(m, first, s))[-1][2]]
     turn = first + answer + m.tokenizer(" e Porto Alegre", add_special_tokens=False)["input_ids"]
-    drawn = list(generation.stream_tokens(m, turn, s))[-1][2]
-    assert m.decoder.reused[-1] == len(first) + 5
-    [path] = (p for p in (Path(served.settings.data_dir) / "gguf").iterdir() if p.name.startswith("ttl-160m"))
-    llm = llamacpp.open_model(path, context=64, threads=1)
-    for i, d in enumerate(drawn):
-        probs = torch.softmax(torch.from_numpy(llamacpp.logits(llm, turn + [t.id for t in drawn[:i]])), -1)
-        assert d.prob == pytest.approx(float(probs[d.id]), abs=5e-3)
-        assert d.prob >= float(probs.max()) - 5e-3
+    warm = list(generation.stream_tokens(m, turn, s))[-1][2]
+    assert m.decoder.reused[-1] == len(first) + len(answer) - 1
+    fresh = engine_for_tests(backend="llamacpp", data_dir=served.settings.data_dir).load("ttl-160m")
+    cold = list(generation.stream_tokens(fresh, turn, s))[-1][2]
+    assert fresh.decoder.reused[-1] == 0
+    assert [d.id for d in warm] == [d.id for d in cold]
+    for w, c in zip(warm, cold):
+        assert w.prob == pytest.approx(c.prob, abs=5e-3)
+
+
+def test_a_strangers_prompt_leaves_a_held_conversation_alone(served):
+    """Every prompt shares its first id (BOS) with every other: a stranger's
+    takes a sequence that holds nothing or the oldest, not the one a
+    conversation left, so its next turn is still read from there."""
+    m = served.load("ttl-160m")
+    s = Sampling(do_sample=False, max_new_tokens=6, repetition_penalty=1.0)
+    say = lambda text: formats.encode("plain", m.tokenizer, {"text": text})
+    chat = say("Uma conversa longa sobre o Rio Grande do Sul e suas cidades " * 3)
+    answer = [t.id for t in list(generation.stream_tokens(m, chat, s))[-1][2]]
+    for text in ("A lhama", "Porto Alegre", "O pampa"):   # three strangers, one after the other
+        list(generation.stream_tokens(m, say(text), s))
+    assert all(k == 0 for k in list(m.decoder.reused)[-3:])
+    list(generation.stream_tokens(m, chat + answer + say("E depois?")[1:], s))
+    assert m.decoder.reused[-1] == len(chat) + 5
 
 
 def test_why_this_token_after_a_long_prompt_is_within_the_pages_bound_of_fp32(served):
