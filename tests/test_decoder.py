@@ -251,3 +251,16 @@ def test_a_row_freed_mid_batch_keeps_its_prefix_while_the_batch_goes_on(fp32_eng
     for r in (first, last):
         r.cancel.set()
         assert wait_until(r.released.is_set, 10)
+
+
+def test_no_memory_to_keep_a_row_when_idle_gives_the_whole_cache_back(fp32_engine, monkeypatch):
+    m = fp32_engine.load("aira-2-124m")
+    d = decoder.decoder_for(m)
+
+    def no_memory(self, row, length):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+    monkeypatch.setattr(decoder.Cache, "keep", no_memory)
+    ids = formats.encode("plain", m.tokenizer, {"text": "Olá"})
+    greedy(m, ids, 3)
+    assert wait_until(lambda: m.worker.idle and d.compute.cache.kv is None, 2)
+    assert len(greedy(m, ids, 3)) == 3   # the worker goes on
