@@ -94,6 +94,27 @@ class Backend:
             return out
         return m.run(compute)
 
+    def continuation_logprobs(self, m: Loaded, prefix: list[int],
+                              continuations: Sequence[list[int]]) -> list[list[float]]:
+        """The log-probability of each token of each continuation after
+        `prefix` (not empty). The prefix is read once and its keys and values
+        serve every continuation: for label scoring it is the system prompt
+        and the text, nearly all of each row."""
+        def compute():
+            head = m.model(input_ids=torch.tensor([prefix], device=m.device), use_cache=True,
+                           logits_to_keep=1)
+            first = torch.log_softmax(head.logits[0, -1].float(), -1)
+            cache = head.past_key_values
+            cache.batch_repeat_interleave(len(continuations))
+            ids, mask = pad(continuations, m.tokenizer.pad_token_id or 0, m.device)
+            mask = torch.cat([torch.ones(len(continuations), len(prefix), dtype=mask.dtype,
+                                         device=mask.device), mask], 1)
+            logp = torch.log_softmax(m.model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+                                     .logits.float(), -1)
+            return [[float(first[c[0]])] + [float(logp[r, i, t]) for i, t in enumerate(c[1:])]
+                    for r, c in enumerate(continuations)]
+        return m.run(compute)
+
     def classify(self, m: Loaded, rows: Sequence[dict[str, list[int]]]) -> torch.Tensor:
         """A sequence classifier's logits [rows, labels] for encoded inputs
         (`input_ids`, and `token_type_ids` where the model takes them),

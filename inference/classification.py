@@ -1,7 +1,7 @@
 """Classification: the TeenyTinyLlama fine-tunes (a softmax over their
 labels), the BERT scorers (one logit), and label scoring for the tweet
 adapter (the label words scored as continuations). The compute is the
-model's backend's (`classify`, `prompt_logprobs`)."""
+model's backend's (`classify`, `continuation_logprobs`)."""
 
 from __future__ import annotations
 
@@ -48,9 +48,8 @@ def label_logprobs(m: Loaded, text: str) -> dict[str, float]:
     cut = max(0, max(map(len, seqs)) - room)   # keep the end
     seqs = [s[cut:] for s in seqs]
     shared -= cut
-    scored = m.backend.prompt_logprobs(m, seqs, top=0)   # position p scores token p + 1
-    return {label: sum(t.logprob for t in row[shared - 1:])
-            for label, row in zip(m.spec.labels, scored)}
+    scored = m.backend.continuation_logprobs(m, seqs[0][:shared], [s[shared:] for s in seqs])
+    return {label: sum(row) for label, row in zip(m.spec.labels, scored)}
 
 
 def score_labels(m: Loaded, text: str) -> dict[str, float]:

@@ -304,6 +304,12 @@ class Remote(Backend):
             "prompt": [list(r) for r in rows], "max_tokens": 1, "temperature": 0.0,
             "prompt_logprobs": top}, read)
 
+    def continuation_logprobs(self, m, prefix, continuations):
+        # Whole rows: the server keeps a shared prefix's keys and values itself
+        # (vLLM's prefix caching).
+        rows = [list(prefix) + list(c) for c in continuations]
+        return [[t.logprob for t in row[len(prefix) - 1:]] for row in self.prompt_logprobs(m, rows, top=0)]
+
     def classify(self, m, rows):
         if any(set(r) != {"input_ids"} for r in rows):
             raise EngineError(f"{m.spec.title} takes text pairs, which the remote backend "

@@ -97,6 +97,25 @@ def test_label_scoring_matches_direct_log_likelihoods(tweet):
     assert torch.allclose(torch.tensor(list(probs.values())), want, atol=1e-4)
 
 
+def test_labels_read_after_the_prompt_once_score_as_whole_rows_do(tweet):
+    """The local backend reads the shared prompt once and each label after
+    it; a server (the remote backend) gets whole rows. Both give each label
+    token the same log-probability."""
+    from types import SimpleNamespace
+    from inference.backends import Backend
+    from inference.remote import Remote
+    prefix = tweet.tokenizer("Tweet: the bus was late again. Sentiment:")["input_ids"]
+    labels = [tweet.tokenizer(f" {w}", add_special_tokens=False)["input_ids"]
+              for w in ("negative", "neutral", "positive and more")]
+    once = tweet.backend.continuation_logprobs(tweet, prefix, labels)
+    server = SimpleNamespace(prompt_logprobs=lambda m, rows, top: Backend.prompt_logprobs(
+        tweet.backend, m, rows, top))   # the rows scored as the server would: whole
+    whole = Remote.continuation_logprobs(server, tweet, prefix, labels)
+    assert [len(r) for r in once] == [len(l) for l in labels] == [len(r) for r in whole]
+    for a, b in zip(once, whole):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
 def test_the_adapter_changes_the_scores(engine, tweet):
     from peft import PeftModel
     from transformers import LlamaForCausalLM
