@@ -104,12 +104,12 @@ class Backend:
             head = m.model(input_ids=torch.tensor([prefix], device=m.device), use_cache=True,
                            logits_to_keep=1)
             first = torch.log_softmax(head.logits[0, -1].float(), -1)
-            cache = head.past_key_values
+            cache = head.cache
             cache.batch_repeat_interleave(len(continuations))
             ids, mask = pad(continuations, m.tokenizer.pad_token_id or 0, m.device)
             mask = torch.cat([torch.ones(len(continuations), len(prefix), dtype=mask.dtype,
                                          device=mask.device), mask], 1)
-            logp = torch.log_softmax(m.model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+            logp = torch.log_softmax(m.model(input_ids=ids, attention_mask=mask, cache=cache)
                                      .logits.float(), -1)
             return [[float(first[c[0]])] + [float(logp[r, i, t]) for i, t in enumerate(c[1:])]
                     for r, c in enumerate(continuations)]
