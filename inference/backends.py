@@ -1,10 +1,12 @@
 """Backends: the code that does a model's compute. The request API (api.py)
-asks a backend for four things and nothing else:
+asks a backend for five things and nothing else:
 
 - `prepare`: the freshly loaded model made ready for it;
 - `stream`: the tokens of one request, as they are drawn (`sampling.Drawn`);
 - `prompt_logprobs`: each token of given texts with its log-probability and
   the top of its distribution (`sampling.Scored`);
+- `continuation_logprobs`: the log-probabilities of several continuations
+  of one prefix (label scoring);
 - `classify`: a sequence classifier's logits for given inputs.
 
 Three are here, and a fourth in remote.py. `local` (the default on a CPU)
@@ -16,7 +18,7 @@ speed; the default on a CPU without VNNI where the extra is installed
 (`llamacpp.preferred`). `transformers` runs transformers' own `generate`
 with a streamer and logits processors, one request per model at a time:
 the reference the local decoder is tested against, and the default on
-CUDA/MPS. `vllm` (remote.py) sends the same four calls to
+CUDA/MPS. `vllm` (remote.py) sends the same calls to
 OpenAI-compatible servers. `Settings.backend`/`backends` chooses
 (TTL_BACKEND).
 """

@@ -45,7 +45,8 @@ def label_logprobs(m: Loaded, text: str) -> dict[str, float]:
     while all(len(s) > shared + 1 and s[shared] == seqs[0][shared] for s in seqs):
         shared += 1
     room = m.spec.max_input_tokens - m.backend.scoring_room
-    cut = max(0, max(map(len, seqs)) - room)   # keep the end
+    # Keep the end, and at least one shared id: the first label token is scored after it.
+    cut = max(0, min(max(map(len, seqs)) - room, shared - 1))
     seqs = [s[cut:] for s in seqs]
     shared -= cut
     scored = m.backend.continuation_logprobs(m, seqs[0][:shared], [s[shared:] for s in seqs])

@@ -116,6 +116,13 @@ def test_labels_read_after_the_prompt_once_score_as_whole_rows_do(tweet):
         assert a == pytest.approx(b, abs=1e-4)
 
 
+def test_a_text_longer_than_the_context_is_scored_on_its_end(tweet):
+    long = "O ônibus atrasou de novo. " * 400   # ~3,000 tokens: over TinyLlama's 2,048
+    probs = classification.score_labels(tweet, long)
+    assert list(probs) == list(tweet.spec.labels) and abs(sum(probs.values()) - 1) < 1e-6
+    assert probs == pytest.approx(classification.score_labels(tweet, "Oi. " + long))   # the start is cut
+
+
 def test_the_adapter_changes_the_scores(engine, tweet):
     from peft import PeftModel
     from transformers import LlamaForCausalLM
