@@ -137,7 +137,8 @@ class Prefixes:
         a row that holds nothing or was freed longest ago, so that recent
         ones stay."""
         rows = list(rows)
-        best = max((r for r in rows if r in self.held), key=lambda r: shared(self.held[r][1], ids), default=None)
+        holding = [r for r in rows if r in self.held]
+        best = max(holding, key=lambda r: shared(self.held[r][1], ids), default=None)
         k = shared(self.held[best][1], ids) if best is not None else 0
         if k < MIN_SHARED:
             k = 0
