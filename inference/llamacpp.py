@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decoder import Prefixes, shared
+from .decoder import Prefixes, Where, shared
 
 KINDS = ("q8_0", "f32")
 
@@ -354,3 +354,20 @@ class Compute:
                 except Exception:   # interpreter shutdown: the library may be gone
                     pass
                 setattr(self, name, None)
+
+
+def greedy_streams(compute: Compute, prompts: list[list[int]], new: int) -> list[list[int]]:
+    """`new` tokens after each of `prompts` (of one length), each the most
+    likely, every stream in a sequence of its own and all of them in one
+    `llama_decode` a step: llama.cpp's batch API as its batched examples
+    use it, with nothing of the engine's around it (the benchmark's
+    llama.cpp column, several streams). Starts from an empty cache."""
+    compute.lib.llama_memory_clear(compute.memory, True)
+    ids, rows = torch.tensor(prompts), slice(0, len(prompts))
+    n = ids.shape[1]
+    logits = compute.forward(ids, Where(rows, torch.arange(n).expand(len(prompts), n), n, None))
+    out = [logits.argmax(-1)]
+    for step in range(n, n + new - 1):
+        positions = torch.full((len(prompts), 1), step)
+        out.append(compute.forward(out[-1][:, None], Where(rows, positions, step + 1, None)).argmax(-1))
+    return torch.stack(out, 1).tolist()

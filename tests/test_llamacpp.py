@@ -87,6 +87,19 @@ def test_gguf_is_kept_beside_the_model_and_written_once(tmp_path):
     assert llamacpp.weight_bytes_per_token(path) < path.stat().st_size
 
 
+def test_streams_in_one_batch_each_draw_what_their_prompt_alone_draws(tmp_path):
+    """The benchmark's llama.cpp column for 4 streams: every stream gets
+    the greedy tokens of its own prompt decoded alone, and a second run
+    starts from an empty cache."""
+    path = llamacpp.convert(STANDIN_DIR / "ttl-160m", "q8_0", out=tmp_path / "q8_0.gguf")
+    prompts = [PROMPT, PROMPT[::-1], [1] + PROMPT[5:] + PROMPT[1:5], [1, 17] + PROMPT[2:]]
+    llm = llamacpp.open_model(path, context=64, threads=1)
+    alone = [llamacpp.greedy(llm, p, 6) for p in prompts]
+    compute = llamacpp.Compute(path, rows=4, context=64, threads=1)
+    assert llamacpp.greedy_streams(compute, prompts, 6) == alone
+    assert llamacpp.greedy_streams(compute, prompts[:2], 6) == alone[:2]
+
+
 def test_only_llama_models_are_converted(tmp_path):
     with pytest.raises(ValueError, match="Llama models"):
         llamacpp.convert(STANDIN_DIR / "aira-2-124m", out=tmp_path / "a.gguf")
