@@ -36,6 +36,7 @@ from .engine import Engine
 from .loading import Loaded
 from .registry import CHAT, CLASSIFY, GENERATE, LABEL_SCORE, REGISTRY, SCORE, ModelSpec, by_task
 from .sampling import MAX_NEW_TOKENS_CAP, MAX_SEED, Drawn, Sampling, for_completion  # noqa: F401 (front ends read the caps here)
+from .generation import UPDATE_EVERY_S  # noqa: F401 (how often a page is updated, front ends read it here)
 
 MAX_TEXT_CHARS = 20_000   # ~5k tokens: more than any served context holds
 MAX_COMPLETIONS = 4
@@ -210,20 +211,36 @@ class _One:
 
 def _stream(m: Loaded, ids: list[int], samplings: list[Sampling],
             cancel: threading.Event | Cancel | None) -> Iterator[Piece]:
+    """Every completion's pieces, as they come. Where the backend decodes
+    requests together they all run at once, each taking the next piece of
+    each in turn: on a CPU a step of four rows costs 1.3-2.3x one row's, and
+    the later ones copy the prompt's keys and values from the first
+    (decoder.py). Elsewhere (transformers' `generate`) one after the other."""
+    streams = {}
     for i, s in enumerate(samplings):
         stop = cancel.of(i) if isinstance(cancel, Cancel) else cancel
-        if stop is not None and stop.is_set():
-            continue
-        for text, new, drawn in generation.stream_tokens(m, ids, s, stop):
-            yield Piece(i, text, new, drawn)
+        if stop is None or not stop.is_set():
+            streams[i] = generation.stream_tokens(m, ids, s, stop)
+    try:
+        while streams:
+            for i in list(streams) if m.backend.together else list(streams)[:1]:
+                piece = next(streams[i], None)
+                if piece is None:
+                    del streams[i]
+                else:
+                    yield Piece(i, *piece)
+    finally:
+        for stream in streams.values():   # a closed request stops every completion now
+            stream.close()
 
 
 @memory_errors
 def generate(engine: Engine, key: str, text: str, revision: str | None = None, n: int = 1,
              status: Status = _quiet, cancel: threading.Event | None = None,
              **settings) -> Iterator[Started | Piece]:
-    """`n` continuations of `text`, one after the other, completion k with
-    seed + k. Closing the iterator stops the work at the next token."""
+    """`n` continuations of `text` (together where the backend decodes
+    requests together), completion k with seed + k. Closing the iterator
+    stops the work at the next token."""
     spec = check_model(key, GENERATE)
     text = check_text(text, "prompt")
     n = check_count(n, MAX_COMPLETIONS, "Completions")
@@ -304,7 +321,8 @@ def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet
          **settings) -> Iterator[Started | Piece | Answer]:
     """The model's answer to the last message of `messages` (earlier turns
     as they fit the context; the entry's system prompt when none is given).
-    With n > 1, n candidates stream in turn, then (with `rank`) the entry's
+    With n > 1, n candidates stream (together where the backend decodes
+    requests together), then (with `rank`) the entry's
     reward model ranks them and its guardrail drops toxic ones."""
     spec = check_model(key, CHAT, LABEL_SCORE)
     messages = check_messages(messages)

@@ -47,6 +47,9 @@ class Backend:
     name = ""
     loads_weights = True   # False: the app loads only the tokenizer and config
     scoring_room = 0       # context a `prompt_logprobs` text must leave free
+    # Requests on one model decode together (a batch, a server's): the n
+    # completions of a request can run at once. False: one at a time.
+    together = True
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -256,6 +259,7 @@ class Transformers(Backend):
     request runs at a time, on any model (the lock), and the seed is set
     inside it."""
     name = "transformers"
+    together = False
 
     def __init__(self, settings: Settings):
         super().__init__(settings)

@@ -4,8 +4,9 @@ request. Requests join the batch and leave it between steps (continuous
 batching): a new prompt is prefilled on its own, then decodes with the rest.
 A row that a request leaves keeps its keys and values while no other
 prompt needs it (the last one freed even when the model goes idle): a
-prompt that starts the same way (the next of n completions, a chat's next
-turn) is prefilled from where they end (`Prefixes`).
+prompt that starts the same way (a chat's next turn) is prefilled from
+where they end (`Prefixes`); one that starts as a row still decoding (the
+next of n completions, decoded beside the first) copies that row's.
 
 Why not `model.generate`: it serves one request at a time, and on a small
 CPU a step costs about the same for one row as for four (the time goes to
@@ -225,7 +226,7 @@ FORWARDS: dict[str, Callable] = {"llama": llama, "gpt2": gpt2}
 
 class Torch:
     """A decoder's compute in torch: the model's forward (FORWARDS) over the
-    engine's own cache. The Decoder asks its compute for six things, so
+    engine's own cache. The Decoder asks its compute for seven things, so
     that another one (llamacpp.Compute) can take its place."""
 
     def __init__(self, m: "Loaded"):
@@ -250,6 +251,10 @@ class Torch:
 
     def forward(self, ids: torch.Tensor, where: Where) -> torch.Tensor:
         return FORWARDS[self.arch](self.model, ids, where, self.cache)
+
+    def copy(self, src: int, dst: int, k: int) -> None:
+        """Row `dst` gets row `src`'s first `k` positions."""
+        self.cache.kv[:, :, dst, :, :k] = self.cache.kv[:, :, src, :, :k]
 
     def move(self, src: int, dst: int) -> None:
         """Row `dst` takes over row `src`'s request, and `src` holds what
@@ -420,6 +425,13 @@ class Decoder:
         n, row, device = len(r.ids), len(self.rows), self.m.device
         self.compute.reserve(row + 1, n + 1)
         k = self.compute.reuse(row, r.ids)   # the prompt's first k ids are in row `row` already
+        # A row still decoding may hold more of it: the next of n completions
+        # decodes beside the first. Its keys and values are copied.
+        src, held = max(((i, shared(q.seen[:q.length].tolist(), r.ids)) for i, q in enumerate(self.rows)),
+                        key=lambda t: t[1], default=(0, 0))
+        if held >= MIN_SHARED and held > k:
+            self.compute.copy(src, row, held)
+            k = held
         positions = torch.arange(k, n, device=device)[None]
         # After k held positions the mask is causal from k (SDPA's is_causal starts at 0).
         mask = (torch.arange(n, device=device) <= positions[0, :, None])[None, None] if k else None

@@ -214,12 +214,46 @@ def test_with_int8_weights_a_prompt_read_from_a_held_prefix_is_drawn_bit_for_bit
     assert warm == cold
 
 
-def test_n_completions_compute_their_prompt_once(engine):
+def test_n_completions_decode_together_and_compute_their_prompt_once(engine):
+    """The later completions copy the prompt's keys and values from the
+    first, which is still decoding, and each is the text its seed gives
+    alone (int8: a row's product depends on that row alone)."""
     from inference import api
-    list(api.generate(engine, "ttl-160m", "Uma história " * 30, n=3, max_new_tokens=4, seed=2))
-    d = decoder.decoder_for(engine.load("ttl-160m"))
-    n = len(engine.load("ttl-160m").tokenizer("Uma história " * 30)["input_ids"])
+    m = engine.load("ttl-160m")
+    d = decoder.decoder_for(m)
+    d.sizes.clear()
+    pieces = list(api.generate(engine, "ttl-160m", "Uma história " * 30, n=3, max_new_tokens=24,
+                               seed=2, repetition_penalty=1.0))[1:]
+    n = len(m.tokenizer("Uma história " * 30)["input_ids"])
     assert list(d.reused)[-2:] == [n - 1, n - 1]
+    assert max(d.sizes) == 3
+    assert [p.index for p in pieces[:3]] == [0, 1, 2] and pieces[3].index != 2   # interleaved
+    last = {p.index: p.ids for p in pieces}
+    for i in range(3):
+        alone = list(api.generate(engine, "ttl-160m", "Uma história " * 30, n=1, max_new_tokens=24,
+                                  seed=2 + i, repetition_penalty=1.0))[-1]
+        assert alone.ids == last[i]
+
+
+def test_a_prompt_sent_while_the_same_one_decodes_copies_its_keys_and_values(fp32_engine):
+    """Two visitors send the same long prompt: the second is read from the
+    first's row, still decoding, and draws what transformers draws."""
+    m = fp32_engine.load("ttl-160m")
+    d = decoder.decoder_for(m)
+    prompt = formats.encode("plain", m.tokenizer, {"text": "O Rio Grande do Sul tem " * 8})
+    greedy_s = lambda n: Sampling(do_sample=False, max_new_tokens=n, repetition_penalty=1.0)
+    first = d.submit(prompt, greedy_s(300), stop=frozenset())
+    first.out.get()
+    drawn = greedy(m, prompt, 6)
+    assert d.reused[-1] == len(prompt) - 1 and not first.released.is_set()
+    with torch.inference_mode():
+        out = m.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=6,
+                               temperature=None, top_p=None, top_k=None, pad_token_id=0)
+        probs = torch.softmax(m.model(torch.tensor([prompt])).logits[0, -1], -1)
+    assert [t.id for t in drawn] == out[0, len(prompt):].tolist()
+    assert drawn[0].prob == pytest.approx(float(probs[drawn[0].id]), abs=1e-5)
+    first.cancel.set()
+    assert wait_until(first.released.is_set, 10)
 
 
 def test_a_row_freed_mid_batch_keeps_its_prefix_while_the_batch_goes_on(fp32_engine):

@@ -177,6 +177,27 @@ def test_a_chats_next_turn_reads_the_last_one_from_its_sequence_and_draws_as_a_c
         assert w.prob == pytest.approx(c.prob, abs=5e-3)
 
 
+def test_n_completions_decode_together_the_later_ones_copying_the_first_ones_prompt(served):
+    """The first completion's sequence is still decoding when the next
+    comes: llama.cpp copies it whole and drops what follows the prompt.
+    Each completion draws what its seed draws alone in a fresh engine."""
+    from inference import api
+    m = served.load("ttl-160m")
+    m.decoder.sizes.clear()
+    text = "O Rio Grande do Sul e suas cidades, " * 4
+    last = {p.index: p for p in list(api.generate(served, "ttl-160m", text, n=3, max_new_tokens=16,
+                                                  seed=11, repetition_penalty=1.0))[1:]}
+    n = len(m.tokenizer(text)["input_ids"])
+    assert list(m.decoder.reused)[-2:] == [n - 1, n - 1] and max(m.decoder.sizes) == 3
+    fresh = engine_for_tests(backend="llamacpp", data_dir=served.settings.data_dir)
+    for i in range(3):
+        alone = list(api.generate(fresh, "ttl-160m", text, n=1, max_new_tokens=16, seed=11 + i,
+                                  repetition_penalty=1.0))[-1]
+        assert alone.ids == last[i].ids
+        for a, b in zip(alone.drawn, last[i].drawn):
+            assert a.prob == pytest.approx(b.prob, abs=5e-3)
+
+
 def test_a_strangers_prompt_leaves_a_held_conversation_alone(served):
     """Every prompt shares its first id (BOS) with every other: a stranger's
     takes a sequence that holds nothing or the oldest, not the one a

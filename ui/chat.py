@@ -81,8 +81,8 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
 def _answer(engine, message, history, use_history, temperature, top_k, top_p,
             repetition_penalty, max_new_tokens, seed, n, model_key, progress):
     """The answer to `message` after `history` (plain messages), as plain
-    messages. With n > 1 each candidate streams in turn, then the best one
-    replaces them."""
+    messages. With n > 1 the candidates stream (the one shown is the last
+    to start), then the best one replaces them."""
     earlier = history if use_history else []
     events = api.chat(engine, model_key, earlier + [{"role": "user", "content": message}], n=n,
                       status=common.status(progress), temperature=temperature, top_k=top_k,
@@ -98,12 +98,16 @@ def _answer(engine, message, history, use_history, temperature, top_k, top_p,
             return common.notice("\n\n".join(notes))
 
         texts = [""] * len(started.samplings)
+        latest = 0   # the candidate shown: the last to start (they may all run together)
         for event in events:
             if isinstance(event, api.Answer):
                 break
             texts[event.index] += event.text
-            head = f"(candidate {event.index + 1} of {n}…)\n\n" if len(texts) > 1 else ""
-            shown[-1]["content"] = head + texts[event.index]
+            if event.index < latest:   # not on the page: no update
+                continue
+            latest = event.index
+            head = f"(candidate {latest + 1} of {n}…)\n\n" if len(texts) > 1 else ""
+            shown[-1]["content"] = head + texts[latest]
             yield shown, banner(), []
     answer = event
     notes += answer.notes

@@ -55,7 +55,9 @@ def figures(started, runs: list[dict]) -> str:
     new = sum(len(r["ids"]) for r in runs)
     first = next((r["first"] for r in runs if r["first"] is not None), None)
     decoded = sum(max(len(r["ids"]) - 1, 0) for r in runs)
-    decode_s = sum(r["end"] - r["first"] for r in runs if r["first"] is not None)
+    # Together: from the first completion's first token to the last one's last.
+    started_at = [r["first"] for r in runs if r["first"] is not None]
+    decode_s = max(r["end"] for r in runs if r["first"] is not None) - min(started_at) if started_at else 0
     rate = f"**{decoded / decode_s:.1f}** tokens/s" if decode_s > 0 and decoded else "– tokens/s"
     cut = (f"⚠️ The prompt was cut by **{started.dropped}** tokens from the left to fit the "
            f"{started.context}-token context. ") if started.dropped else ""
@@ -103,21 +105,22 @@ def generate(engine, text, model_key="ttl-160m", revision="main", temperature=0.
         started = next(events)
         banner = common.notice(started.notice)
         texts = [""] * MAX_COMPLETIONS
-        runs: list[dict] = []
-        start = last = time.perf_counter()
-        shown = 0.0   # the run goes out with the first piece
+        runs: list[dict] = []   # times from the request's start: the completions run together
+        start = time.perf_counter()
+        sent = shown = -1.0     # the page and the run go out with a completion's first piece
         for piece in events:
-            begins = piece.index == len(runs)
-            if begins:   # the next completion starts where the last ended
+            begins = piece.index >= len(runs)
+            while len(runs) <= piece.index:
                 runs.append(dict(ids=[], drawn=[], first=None, end=None))
-                start = start if piece.index == 0 else last
-            r, now = runs[piece.index], time.perf_counter()
-            last = now
-            r["first"] = r["first"] if r["first"] is not None else now - start
-            r["ids"], r["drawn"], r["end"] = piece.ids, piece.drawn, now - start
+            r, now = runs[piece.index], time.perf_counter() - start
+            r["first"] = r["first"] if r["first"] is not None else now
+            r["ids"], r["drawn"], r["end"] = piece.ids, piece.drawn, now
             texts[piece.index] += piece.text
-            fresh = begins or now - shown >= RUN_EVERY_S   # a finished completion goes out whole
-            shown = now if fresh else shown
+            # n completions bring n times the pieces: the page still gets ~25 updates a second.
+            if not begins and now - sent < api.UPDATE_EVERY_S:
+                continue
+            fresh = begins or now - shown >= RUN_EVERY_S   # the last update sends it whole
+            sent, shown = now, now if fresh else shown
             yield (*texts, figures(started, runs), banner,
                    run_record(started, runs) if fresh else gr.skip())
     yield *texts, figures(started, runs), banner, run_record(started, runs)
