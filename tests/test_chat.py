@@ -130,6 +130,24 @@ def _run(engine, message, **kw):
     return last
 
 
+def test_candidates_written_together_show_one_until_it_ends(engine, monkeypatch):
+    """Pieces of three candidates come in turn; the first ends early. The
+    page shows the first, never a mix, then moves to one still being written."""
+    def chat(engine, key, messages, n, **kw):
+        yield api.Started(key, "main", [1], 0, [Sampling()] * 3, "label", None, 1024, None)
+        pieces = [(0, "A"), (1, "B"), (2, "C"), (0, "a"), (1, "b"), (2, "c")] + \
+                 [(i, "x") for _ in range(3) for i in (1, 2)]
+        for i, text in pieces:
+            yield api.Piece(i, text, [], [])
+        yield api.Answer([bestofn.Candidate("Aa"), bestofn.Candidate("Bbxxx"),
+                          bestofn.Candidate("Ccxxx")], 1)
+    monkeypatch.setattr(api, "chat", chat)
+    shown = [s[-1]["content"] for s, _, _ in chat_tab.respond(engine, "Oi", n=3, progress=None)]
+    assert shown[:2] == ["(candidate 1 of 3…)\n\nA", "(candidate 1 of 3…)\n\nAa"]
+    assert shown[2].startswith("(candidate ") and shown[2].split("\n\n")[1] in ("Bbx", "Ccx", "Bbxx", "Ccxx")
+    assert shown[-1] == "Bbxxx"
+
+
 def test_tab_answers_with_the_best_candidate(engine, monkeypatch):
     monkeypatch.setattr(bestofn, "TOXICITY_THRESHOLD", float("-inf"))
     shown, _, table = _run(engine, "O que é uma lhama?", n=3, seed=7, max_new_tokens=12)

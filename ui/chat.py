@@ -81,8 +81,8 @@ def respond(engine, message, history=None, use_history=False, temperature=0.2, t
 def _answer(engine, message, history, use_history, temperature, top_k, top_p,
             repetition_penalty, max_new_tokens, seed, n, model_key, progress):
     """The answer to `message` after `history` (plain messages), as plain
-    messages. With n > 1 the candidates stream (the one shown is the last
-    to start), then the best one replaces them."""
+    messages. With n > 1 the candidates stream (one of them on the page at
+    a time), then the best one replaces them."""
     earlier = history if use_history else []
     events = api.chat(engine, model_key, earlier + [{"role": "user", "content": message}], n=n,
                       status=common.status(progress), temperature=temperature, top_k=top_k,
@@ -98,16 +98,20 @@ def _answer(engine, message, history, use_history, temperature, top_k, top_p,
             return common.notice("\n\n".join(notes))
 
         texts = [""] * len(started.samplings)
-        latest = 0   # the candidate shown: the last to start (they may all run together)
+        # The candidates may all be written at once, a piece of each in
+        # turn: one is shown until a whole round passes without it (it has
+        # ended), then the one whose piece came.
+        on_page, others = 0, 0
         for event in events:
             if isinstance(event, api.Answer):
                 break
             texts[event.index] += event.text
-            if event.index < latest:   # not on the page: no update
+            others = 0 if event.index == on_page else others + 1
+            if others and others <= len(texts):   # not on the page: no update
                 continue
-            latest = event.index
-            head = f"(candidate {latest + 1} of {n}…)\n\n" if len(texts) > 1 else ""
-            shown[-1]["content"] = head + texts[latest]
+            on_page, others = event.index, 0
+            head = f"(candidate {on_page + 1} of {n}…)\n\n" if len(texts) > 1 else ""
+            shown[-1]["content"] = head + texts[on_page]
             yield shown, banner(), []
     answer = event
     notes += answer.notes
