@@ -25,6 +25,7 @@ import time
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
+from collections import deque
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Callable, Iterator, Mapping, Sequence
@@ -211,35 +212,63 @@ class _One:
 
 def _stream(m: Loaded, ids: list[int], samplings: list[Sampling],
             cancel: threading.Event | Cancel | None) -> Iterator[Piece]:
-    """Every completion's pieces, as they come. Where the backend decodes
-    requests together they all run at once, each taking the next piece of
-    each in turn: on a CPU a step of four rows costs 1.3-2.3x one row's, and
-    the later ones copy the prompt's keys and values from the first
-    (decoder.py). Elsewhere (transformers' `generate`) one after the other."""
-    streams = {}
-    for i, s in enumerate(samplings):
-        stop = cancel.of(i) if isinstance(cancel, Cancel) else cancel
-        if stop is None or not stop.is_set():
-            streams[i] = generation.stream_tokens(m, ids, s, stop)
-    try:
-        while streams:
-            for i in list(streams) if m.backend.together else list(streams)[:1]:
-                piece = next(streams[i], None)
-                if piece is None:
-                    del streams[i]
-                else:
+    """Every completion's pieces, as they come. Up to `backend.at_once` of
+    them decode at the same time, as rows of one batch (on a CPU a step of
+    four rows costs 1.3-2.3x one row's; the later ones copy the prompt's
+    keys and values from the first, decoder.py), each read by a thread of
+    its own so that one waiting for a row holds up no other. Where only one
+    may (transformers' `generate`, an inline worker), one after the other
+    on the caller's thread."""
+    stops = [generation.Stop(cancel.of(i) if isinstance(cancel, Cancel) else cancel)
+             for i in range(len(samplings))]
+    at_once = min(m.backend.at_once(m), len(samplings))
+    if at_once == 1:
+        for i, s in enumerate(samplings):
+            if not stops[i].is_set():
+                for piece in generation.stream_tokens(m, ids, s, stops[i]):
                     yield Piece(i, *piece)
-    finally:
-        for stream in streams.values():   # a closed request stops every completion now
-            stream.close()
+        return
+    todo, out = deque(enumerate(samplings)), SimpleQueue()
+
+    def work():   # the next completion in order, until none is left
+        try:
+            while True:
+                try:
+                    i, s = todo.popleft()   # atomic across threads
+                except IndexError:
+                    break
+                if not stops[i].is_set():
+                    for piece in generation.stream_tokens(m, ids, s, stops[i]):
+                        out.put(Piece(i, *piece))
+            out.put(None)
+        except BaseException as exc:   # the caller raises it
+            out.put(exc)
+    workers = [threading.Thread(target=work, name="completions", daemon=True) for _ in range(at_once)]
+    for t in workers:
+        t.start()
+    try:
+        done = 0
+        while done < len(workers):
+            item = out.get()
+            if isinstance(item, Piece):
+                yield item
+            elif item is None:
+                done += 1
+            else:
+                raise item
+    finally:   # closed (a Stop) or failed: every completion ends at its next token
+        for stop in stops:
+            stop.set()
+        for t in workers:
+            t.join(timeout=10)
 
 
 @memory_errors
 def generate(engine: Engine, key: str, text: str, revision: str | None = None, n: int = 1,
              status: Status = _quiet, cancel: threading.Event | None = None,
              **settings) -> Iterator[Started | Piece]:
-    """`n` continuations of `text` (together where the backend decodes
-    requests together), completion k with seed + k. Closing the iterator
+    """`n` continuations of `text` (decoded together where the backend
+    allows, `_stream`), completion k with seed + k. Closing the iterator
     stops the work at the next token."""
     spec = check_model(key, GENERATE)
     text = check_text(text, "prompt")
@@ -321,8 +350,8 @@ def chat(engine: Engine, key: str, messages, n: int = 1, status: Status = _quiet
          **settings) -> Iterator[Started | Piece | Answer]:
     """The model's answer to the last message of `messages` (earlier turns
     as they fit the context; the entry's system prompt when none is given).
-    With n > 1, n candidates stream (together where the backend decodes
-    requests together), then (with `rank`) the entry's
+    With n > 1, n candidates stream (together where the backend allows,
+    `_stream`), then (with `rank`) the entry's
     reward model ranks them and its guardrail drops toxic ones."""
     spec = check_model(key, CHAT, LABEL_SCORE)
     messages = check_messages(messages)

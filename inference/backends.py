@@ -47,10 +47,6 @@ class Backend:
     name = ""
     loads_weights = True   # False: the app loads only the tokenizer and config
     scoring_room = 0       # context a `prompt_logprobs` text must leave free
-    # Requests on one model decode together (a batch, a server's): the n
-    # completions of a request can run at once. False: one at a time.
-    together = True
-
     def __init__(self, settings: Settings):
         self.settings = settings
 
@@ -79,6 +75,11 @@ class Backend:
         """The tokens generated after `ids`, each as it is drawn. Setting
         `cancel` or closing the iterator stops the work at the next token."""
         raise NotImplementedError
+
+    def at_once(self, m: Loaded) -> int:
+        """How many of one request's completions may decode at the same
+        time: here (a server, which batches requests) all of them."""
+        return 1 << 16
 
     def prompt_logprobs(self, m: Loaded, rows: Sequence[list[int]], top: int) -> list[list[Scored]]:
         """For each row, every token but the first with its log-probability
@@ -159,6 +160,13 @@ class Local(Backend):
             m.source += f", {m.fast} fast path"
         if m.fast == "bf16":
             m.dtype = torch.bfloat16
+
+    def at_once(self, m):
+        """All but one of the batch's rows, so that another visitor's
+        request is never kept waiting by one with n completions; one where
+        the caller's own thread does the compute (inline: no thread of ours
+        may)."""
+        return 1 if m.worker.inline else max(1, decoder_for(m).max_rows - 1)
 
     def stream(self, m, ids, s, cancel):
         request = decoder_for(m).submit(ids, s, cancel)
@@ -259,7 +267,9 @@ class Transformers(Backend):
     request runs at a time, on any model (the lock), and the seed is set
     inside it."""
     name = "transformers"
-    together = False
+
+    def at_once(self, m):
+        return 1   # one `generate` at a time (the lock)
 
     def __init__(self, settings: Settings):
         super().__init__(settings)

@@ -227,12 +227,23 @@ def test_n_completions_decode_together_and_compute_their_prompt_once(engine):
     n = len(m.tokenizer("Uma história " * 30)["input_ids"])
     assert list(d.reused)[-2:] == [n - 1, n - 1]
     assert max(d.sizes) == 3
-    assert [p.index for p in pieces[:3]] == [0, 1, 2] and pieces[3].index != 2   # interleaved
+    assert {p.index for p in pieces[:len(pieces) // 2]} == {0, 1, 2}   # interleaved
     last = {p.index: p.ids for p in pieces}
     for i in range(3):
         alone = list(api.generate(engine, "ttl-160m", "Uma história " * 30, n=1, max_new_tokens=24,
                                   seed=2 + i, repetition_penalty=1.0))[-1]
         assert alone.ids == last[i]
+
+
+def test_closing_a_request_ends_every_completion_it_started(engine):
+    from inference import api
+    m = engine.load("ttl-160m")
+    events = api.generate(engine, "ttl-160m", "A lhama " * 20, n=4, max_new_tokens=600, seed=4,
+                          repetition_penalty=1.0)
+    pieces = [next(events) for _ in range(12)][1:]
+    assert len({p.index for p in pieces}) > 1
+    events.close()
+    assert not decoder.decoder_for(m).busy
 
 
 def test_a_prompt_sent_while_the_same_one_decodes_copies_its_keys_and_values(fp32_engine):

@@ -49,15 +49,24 @@ def token_cell(text: str) -> str:
     return repr(text)
 
 
+def decoding_time(spans: list[tuple[float, float]]) -> float:
+    """Seconds in which at least one completion was decoding, from each
+    one's (first token, last token): completions decoded together count
+    once, one after the other each."""
+    total, reach = 0.0, float("-inf")
+    for first, end in sorted(spans):
+        total += max(0.0, end - max(first, reach))
+        reach = max(reach, end)
+    return total
+
+
 def figures(started, runs: list[dict]) -> str:
     """The line under the outputs: sizes, speed, device. Token counts come
     from the generated ids, not from re-tokenizing the text."""
     new = sum(len(r["ids"]) for r in runs)
     first = next((r["first"] for r in runs if r["first"] is not None), None)
     decoded = sum(max(len(r["ids"]) - 1, 0) for r in runs)
-    # Together: from the first completion's first token to the last one's last.
-    started_at = [r["first"] for r in runs if r["first"] is not None]
-    decode_s = max(r["end"] for r in runs if r["first"] is not None) - min(started_at) if started_at else 0
+    decode_s = decoding_time([(r["first"], r["end"]) for r in runs if r["first"] is not None])
     rate = f"**{decoded / decode_s:.1f}** tokens/s" if decode_s > 0 and decoded else "– tokens/s"
     cut = (f"⚠️ The prompt was cut by **{started.dropped}** tokens from the left to fit the "
            f"{started.context}-token context. ") if started.dropped else ""
