@@ -24,8 +24,8 @@ import threading
 import time
 import unicodedata
 import uuid
-from dataclasses import dataclass, field
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Callable, Iterator, Mapping, Sequence
@@ -222,11 +222,14 @@ def _stream(m: Loaded, ids: list[int], samplings: list[Sampling],
     stops = [generation.Stop(cancel.of(i) if isinstance(cancel, Cancel) else cancel)
              for i in range(len(samplings))]
     at_once = min(m.backend.at_once(m), len(samplings))
+
+    def pieces(i: int, s: Sampling) -> Iterator[Piece]:
+        if not stops[i].is_set():
+            for piece in generation.stream_tokens(m, ids, s, stops[i]):
+                yield Piece(i, *piece)
     if at_once == 1:
         for i, s in enumerate(samplings):
-            if not stops[i].is_set():
-                for piece in generation.stream_tokens(m, ids, s, stops[i]):
-                    yield Piece(i, *piece)
+            yield from pieces(i, s)
         return
     todo, out = deque(enumerate(samplings)), SimpleQueue()
 
@@ -237,9 +240,8 @@ def _stream(m: Loaded, ids: list[int], samplings: list[Sampling],
                     i, s = todo.popleft()   # atomic across threads
                 except IndexError:
                     break
-                if not stops[i].is_set():
-                    for piece in generation.stream_tokens(m, ids, s, stops[i]):
-                        out.put(Piece(i, *piece))
+                for piece in pieces(i, s):
+                    out.put(piece)
             out.put(None)
         except BaseException as exc:   # the caller raises it
             out.put(exc)

@@ -47,6 +47,7 @@ class Backend:
     name = ""
     loads_weights = True   # False: the app loads only the tokenizer and config
     scoring_room = 0       # context a `prompt_logprobs` text must leave free
+
     def __init__(self, settings: Settings):
         self.settings = settings
 
@@ -268,12 +269,12 @@ class Transformers(Backend):
     inside it."""
     name = "transformers"
 
-    def at_once(self, m):
-        return 1   # one `generate` at a time (the lock)
-
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self._lock = threading.Lock()
+
+    def at_once(self, m):
+        return 1   # one `generate` at a time (the lock)
 
     def stream(self, m, ids, s, cancel):
         from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria

@@ -13,11 +13,12 @@ prompts; decode tokens/s for one stream (greedy, a fixed number of new
 tokens); aggregate tokens/s for 4 simultaneous streams, with their prompts
 and without (as one stream's decode rate), and the ratio of the latter to
 one stream's; bytes of weights read per token and the share of the
-measured memory bandwidth that decode reaches; for a classifier, texts/s one at a time and batched. The baseline
-of every ratio is the pipeline in fp32 with the KV cache on; "cards" is the
-pipeline as the model cards run it (their `use_cache: false` inherited).
-Times are medians over repeats: on a shared machine they move from run to
-run, and the table says how loaded the machine was.
+measured memory bandwidth that decode reaches; for a classifier, texts/s
+one at a time and batched. The baseline of every ratio is the pipeline in
+fp32 with the KV cache on; "cards" is the pipeline as the model cards run
+it (their `use_cache: false` inherited). Times are medians over repeats:
+on a shared machine they move from run to run, and the table says how
+loaded the machine was.
 """
 
 from __future__ import annotations

@@ -98,9 +98,9 @@ def _answer(engine, message, history, use_history, temperature, top_k, top_p,
             return common.notice("\n\n".join(notes))
 
         texts = [""] * len(started.samplings)
-        # The candidates may all be written at once, a piece of each in
-        # turn: one is shown until a whole round passes without it (it has
-        # ended), then the one whose piece came.
+        # The candidates may all be written at once, their pieces
+        # interleaved: one is shown until a whole round passes without it
+        # (it has ended), then the one whose piece came.
         on_page, others = 0, 0
         for event in events:
             if isinstance(event, api.Answer):
