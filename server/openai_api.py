@@ -124,12 +124,13 @@ def stops(body: dict) -> list[str]:
     return stop
 
 
-def count(body: dict, name: str, default: int, most: int) -> int:
+def count(body: dict, name: str, default: int, most: int, least: int = 0) -> int:
     value = body.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
-        raise APIError(400, f"`{name}` must be a whole number from 0 to {most}.", param=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise APIError(400, f"`{name}` must be a whole number from {least} to {most}.",
+                       param=name)
     return value
 
 
@@ -266,7 +267,7 @@ def routes(engine) -> list:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise APIError(400, "`prompt` must be a string.", param="prompt")
-        n = count(body, "n", 1, api.MAX_COMPLETIONS) or 1
+        n = count(body, "n", 1, api.MAX_COMPLETIONS, least=1)
         top = count(body, "logprobs", 0, MAX_TOP_LOGPROBS) if body.get("logprobs") is not None else None
         cancel = api.Cancel()
         events = api.generate(engine, key, prompt, revision, n=n, cancel=cancel,
@@ -281,7 +282,7 @@ def routes(engine) -> list:
         if spec.task == GENERATE:
             raise APIError(400, f"{key!r} has no chat template: it continues text. Use "
                                 "POST /v1/completions with a prompt.", param="model")
-        n = count(body, "n", 1, api.MAX_COMPLETIONS) or 1
+        n = count(body, "n", 1, api.MAX_COMPLETIONS, least=1)
         top = None
         if body.get("logprobs"):
             top = count(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)

@@ -107,6 +107,7 @@ def test_chat_on_a_model_without_a_template_points_to_completions(oai):
     (dict(model="ttl-160m", prompt="x", temperature=-1), openai.BadRequestError, "temperature"),
     (dict(model="ttl-160m", prompt="x", max_tokens=10**9), openai.BadRequestError, "max_new_tokens"),
     (dict(model="ttl-160m", prompt="x", n=9), openai.BadRequestError, "`n`"),
+    (dict(model="ttl-160m", prompt="x", n=0), openai.BadRequestError, "from 1 to"),
     (dict(model="ttl-160m", prompt="x" * 30_000), openai.APIStatusError, "limit is"),
     (dict(model="ttl-160m-imdb", prompt="x"), openai.BadRequestError, "cannot serve"),
 ])
